@@ -163,7 +163,9 @@ class AlbertModelWithPabee(AlbertModel):
 
     def layer_attention_mask(self, hidden_states, attention_mask):
         """The mask the layers take (its form depends on the attention implementation) from a 0/1 padding mask."""
-        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+        return create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
 
     def run_layer(self, index, hidden_states, layer_attention_mask):
         """Layer `index` (0-based): a pass through the layer group that `AlbertTransformer` uses for it."""

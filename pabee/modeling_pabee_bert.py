@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, BertPreTrainedModel
+from transformers import BertModel, BertPreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import ModelOutput
 
@@ -151,7 +151,9 @@ class BertModelWithPabee(BertModel):
 
     def layer_attention_mask(self, hidden_states, attention_mask):
         """The mask the layers take (its form depends on the attention implementation) from a 0/1 padding mask."""
-        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+        return create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
 
     def run_layer(self, index, hidden_states, layer_attention_mask):
         """Layer `index` (0-based) of the encoder."""

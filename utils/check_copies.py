@@ -62,7 +62,8 @@ def check_file(path, fix=False):
             problems.append(f"{path}:{marker_line + 1}: {match['name']} not found in {original_path}")
             continue
         first, last = original_blocks[match["name"]]
-        expected = apply_renames("".join(original_source.splitlines(keepends=True)[first : last + 1]), match["renames"])
+        original_text = "".join(original_source.splitlines(keepends=True)[first : last + 1])
+        expected = apply_renames(original_text, match["renames"])
 
         if marker_line + 1 not in copy_blocks:
             problems.append(f"{path}:{marker_line + 1}: the marker must stand right above a top-level definition")

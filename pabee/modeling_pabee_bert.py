@@ -180,13 +180,19 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
 
     The PABEE settings live on the config, so `save_pretrained` keeps them: `config.patience` (0: no early exit),
     `config.regression_threshold` (regression: a change smaller than this counts as "the same prediction") and
-    `config.exit_pooling`. `forward` takes `patience=` and `regression_threshold=` to override them for one call.
+    `config.exit_pooling`. They can also be given as keyword arguments (`from_pretrained(path, patience=3)`), which
+    set them on the config. `forward` takes `patience=` and `regression_threshold=` to override them for one call.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, **pabee_settings):
         super().__init__(config)
+        unknown = set(pabee_settings) - set(PABEE_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments {sorted(unknown)}; PABEE's are {sorted(PABEE_DEFAULTS)}")
         for name, default in PABEE_DEFAULTS.items():
-            if getattr(config, name, None) is None:
+            if pabee_settings.get(name) is not None:
+                setattr(config, name, pabee_settings[name])
+            elif getattr(config, name, None) is None:
                 setattr(config, name, default)
         check_pabee_settings(config.patience, config.regression_threshold, config.exit_pooling)
         if config.num_labels < 1:

@@ -1,0 +1,98 @@
+"""Tests of utils/check_copies.py: the repository's copies are in sync, and a changed copy is caught.
+
+    python -m pytest tests/test_check_copies.py -q
+"""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ALBERT_FILE = REPO_ROOT / "pabee" / "modeling_pabee_albert.py"
+CLASS = "BertForSequenceClassificationWithPabee"
+
+
+def load_check_copies():
+    # utils/ is not a package: load the script as a module
+    spec = importlib.util.spec_from_file_location("check_copies", REPO_ROOT / "utils" / "check_copies.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_copies = load_check_copies()
+
+
+def test_repository_copies_are_in_sync(capsys):
+    for path in sorted((REPO_ROOT / "pabee").glob("*.py")):
+        assert check_copies.check_file(path) == [], path.name
+    assert check_copies.main([]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_albert_file_marks_its_copies():
+    """The check has something to check: the shared early-exit code in the ALBERT file is marked as copied."""
+    markers = [check_copies.MARKER.match(line) for line in ALBERT_FILE.read_text().splitlines()]
+    names = {m["name"]: m["renames"] for m in markers if m}
+    assert names.get("BertForSequenceClassificationWithPabee") == "Bert->Albert"
+    for name in ("update_patience_counters", "patience_exit_layers", "weighted_layer_loss", "check_pabee_settings"):
+        assert name in names
+
+
+def copy_with_change(tmp_path, old, new):
+    text = ALBERT_FILE.read_text()
+    assert text.count(old) == 1, old
+    copy = tmp_path / ALBERT_FILE.name
+    copy.write_text(text.replace(old, new))
+    return copy
+
+
+def marker_line(path, name):
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if re.match(rf"# Copied from pabee\.modeling_pabee_bert\.{name}\b", line):
+            return number
+    raise AssertionError(f"no marker for {name}")
+
+
+@pytest.mark.parametrize(
+    "old, new, name",
+    [
+        # a changed line inside a copied function
+        ("unchanged, counters + 1, ", "unchanged, counters + 2, ", "update_patience_counters"),
+        # inside the copied class (compared after the Bert->Albert renaming)
+        ("if done.all():\n                break\n", "if done.all():\n                pass\n", CLASS),
+        # the renaming is applied: a name left as in the original is a difference
+        ("self.albert = AlbertModelWithPabee(config)", "self.bert = AlbertModelWithPabee(config)", CLASS),
+        # a copied constant
+        ('EXIT_POOLINGS = ("pooler", "mean")', 'EXIT_POOLINGS = ("pooler", "mean", "max")', "EXIT_POOLINGS"),
+    ],
+)
+def test_changed_copy_is_reported_and_fixed(tmp_path, old, new, name):
+    copy = copy_with_change(tmp_path, old, new)
+    problems = check_copies.check_file(copy)
+    assert len(problems) == 1, problems
+    assert f"{copy}:{marker_line(copy, name)}:" in problems[0]
+    assert f"differs from pabee.modeling_pabee_bert.{name}" in problems[0]
+
+    assert check_copies.check_file(copy, fix=True) == problems
+    assert copy.read_text() == ALBERT_FILE.read_text()
+    assert check_copies.check_file(copy) == []
+
+
+def test_unchanged_copy_elsewhere_passes_and_uncopied_code_is_free(tmp_path):
+    copy = tmp_path / ALBERT_FILE.name
+    copy.write_text(ALBERT_FILE.read_text())
+    assert check_copies.check_file(copy) == []
+    # AlbertModelWithPabee is ALBERT's own code, not a copy: changing it is not a difference
+    old = "return self.pooler_activation(self.pooler(hidden_states[:, 0]))"
+    changed = copy_with_change(tmp_path, old, "return self.pooler(hidden_states[:, 0])")
+    assert check_copies.check_file(changed) == []
+
+
+def test_marker_naming_a_missing_original_is_reported(tmp_path):
+    old = "# Copied from pabee.modeling_pabee_bert.update_patience_counters\n"
+    copy = copy_with_change(tmp_path, old, "# Copied from pabee.modeling_pabee_bert.update_patience_counterz\n")
+    problems = check_copies.check_file(copy)
+    assert len(problems) == 1 and "update_patience_counterz not found" in problems[0], problems

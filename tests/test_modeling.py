@@ -1,0 +1,774 @@
+"""Tests of the PABEE model classes on tiny random BERT and ALBERT configs (CPU, offline, seeded).
+
+Most tests check that two code paths agree (x-transformers style): batched early exit against one example at a time,
+patience 0 against the plain transformers backbone, our answers against an independent re-implementation of the
+patience rule on top of the plain backbone (minGPT style), save then load.
+
+    python -m pytest tests/test_modeling.py -q
+"""
+
+import ast
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import (
+    AlbertConfig,
+    AlbertForSequenceClassification,
+    AlbertModel,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+)
+
+from pabee.modeling_pabee_albert import AlbertForSequenceClassificationWithPabee
+from pabee.modeling_pabee_bert import BertForSequenceClassificationWithPabee, patience_exit_layers
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODELING_FILES = [REPO_ROOT / "pabee" / "modeling_pabee_bert.py", REPO_ROOT / "pabee" / "modeling_pabee_albert.py"]
+
+VOCAB_SIZE = 99
+COMMON = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=32,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+)
+# name: (family, extra config). ALBERT "layers" are passes through a layer group, as AlbertTransformer counts them.
+VARIANTS = {
+    "bert": ("bert", dict(num_hidden_layers=6)),
+    "bert_eager": ("bert", dict(num_hidden_layers=5, attn_implementation="eager")),
+    "albert": ("albert", dict(embedding_size=16, num_hidden_layers=4)),
+    "albert_groups2": ("albert", dict(embedding_size=16, num_hidden_layers=5, num_hidden_groups=2)),
+    "albert_inner2": ("albert", dict(embedding_size=16, num_hidden_layers=4, inner_group_num=2)),
+}
+MAIN_VARIANTS = ["bert", "albert", "albert_groups2", "albert_inner2"]
+FAMILIES = {
+    "bert": (BertConfig, BertModel, BertForSequenceClassification, BertForSequenceClassificationWithPabee),
+    "albert": (AlbertConfig, AlbertModel, AlbertForSequenceClassification, AlbertForSequenceClassificationWithPabee),
+}
+NUM_LABELS = {"classification": 3, "regression": 1}
+LENGTHS = [12, 3, 7, 1, 9, 5, 11, 2]
+# Thresholds that give a spread of exit layers with the classifiers of `spread_classifiers` (layer-to-layer changes of
+# the single logit are ~0.01-1); 0.0 never counts a change as "the same" since the comparison is strict.
+REGRESSION_THRESHOLDS = [0.1, 0.4]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """The models are tiny: extra threads only add overhead, and stall badly when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_config(variant, num_labels, **extra):
+    family, variant_extra = VARIANTS[variant]
+    kwargs = {**COMMON, **variant_extra, **extra, "num_labels": num_labels}
+    attn_implementation = kwargs.pop("attn_implementation", None)
+    config = FAMILIES[family][0](**kwargs)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    return config
+
+
+def make_model(variant, num_labels, seed=0, **extra):
+    torch.manual_seed(seed)
+    model_class = FAMILIES[VARIANTS[variant][0]][3]
+    model = model_class(make_config(variant, num_labels, **extra)).eval()
+    spread_classifiers(model, seed)
+    return model
+
+
+@torch.no_grad()
+def spread_classifiers(model, seed=0):
+    """
+    Classifiers whose predictions depend on the example, so that examples exit at different layers. With the random
+    init every example's pooled output is nearly the same vector and its tiny logits give every example the same exit
+    layer. Here classifier i is a shared random direction plus its own noise (so layers tend to agree, but not
+    always), with a bias that centres its logits over the test batch.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    num_labels, hidden_size = model.classifiers[0].weight.shape
+    shared = torch.randn(num_labels, hidden_size, generator=generator)
+    input_ids, attention_mask, token_type_ids = make_batch()
+    pooled = plain_pooled(model, input_ids, attention_mask, token_type_ids)  # (batch, L, hidden)
+    for i, classifier in enumerate(model.classifiers):
+        weight = shared + 0.7 * torch.randn(num_labels, hidden_size, generator=generator)
+        classifier.weight.copy_(weight)
+        classifier.bias.copy_(-(pooled[:, i] @ weight.T).mean(0))
+
+
+def plain_backbone(model):
+    """The plain transformers BertModel / AlbertModel holding the same weights as `model`'s backbone."""
+    backbone_class = FAMILIES[model.config.model_type][1]
+    backbone = backbone_class(copy.deepcopy(model.config), add_pooling_layer=True)
+    backbone.load_state_dict(model.base_model.state_dict())
+    return backbone.eval()
+
+
+def plain_pool(backbone, hidden_states, attention_mask, exit_pooling):
+    """The pooled output of a layer, from the plain backbone's own pooler modules. (batch, hidden)"""
+    if exit_pooling == "mean":
+        weights = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+        return (hidden_states * weights).sum(1) / weights.sum(1)
+    if isinstance(backbone, BertModel):
+        return backbone.pooler(hidden_states)  # dense + tanh over token 0
+    return backbone.pooler_activation(backbone.pooler(hidden_states[:, 0]))
+
+
+def plain_pooled(model, input_ids, attention_mask=None, token_type_ids=None):
+    """
+    What each classifier reads, computed without our backbone code: the plain transformers backbone with
+    output_hidden_states=True, then its pooler on each layer's hidden states. (batch, L, hidden)
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    backbone = plain_backbone(model)
+    out = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True
+    )
+    num_layers = model.config.num_hidden_layers
+    # ALBERT records the output of each inner layer: a layer (one pass through a group) is inner_group_num of them.
+    per_layer = getattr(model.config, "inner_group_num", 1)
+    assert len(out.hidden_states) == 1 + num_layers * per_layer
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    layer_hidden_states = [out.hidden_states[per_layer * (i + 1)] for i in range(num_layers)]
+    pooled = [plain_pool(backbone, h, attention_mask, model.config.exit_pooling) for h in layer_hidden_states]
+    return torch.stack(pooled, dim=1)
+
+
+def plain_layer_logits(model, input_ids, attention_mask=None, token_type_ids=None):
+    """Every classifier's logits on the plain backbone's pooled layer outputs: (batch, L, num_labels)."""
+    pooled = plain_pooled(model, input_ids, attention_mask, token_type_ids)
+    return torch.stack([classifier(pooled[:, i]) for i, classifier in enumerate(model.classifiers)], dim=1)
+
+
+def reference_patience_rule(layer_logits, patience, regression_threshold):
+    """
+    The patience rule as PABEE.md (and the reference code at batch size 1) states it, for ONE example:
+    `layer_logits` is a list of (num_labels,) tensors, one per layer. Returns (exit layer, 1-based; logits).
+    """
+    num_layers = len(layer_logits)
+    if patience == 0:
+        return num_layers, layer_logits[-1]
+    regression = layer_logits[0].shape[-1] == 1
+    counter, previous = 0, None
+    for i, logits in enumerate(layer_logits):
+        if previous is None:
+            same = False
+        elif regression:
+            same = abs(float(logits[0]) - float(previous[0])) < regression_threshold
+        else:
+            same = int(logits.argmax()) == int(previous.argmax())
+        counter = counter + 1 if same else 0
+        previous = logits
+        if counter == patience:
+            return i + 1, logits
+    return num_layers, previous
+
+
+def make_batch(lengths=LENGTHS, pad_to=None, seed=1):
+    """Right-padded random batch: input_ids, attention_mask, token_type_ids (second half of each example is type 1)."""
+    pad_to = pad_to or max(lengths)
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, VOCAB_SIZE, (len(lengths), max(lengths)), generator=generator)
+    input_ids = nn.functional.pad(input_ids, (0, pad_to - max(lengths)))  # the same tokens whatever pad_to is
+    positions = torch.arange(pad_to)[None]
+    lengths_t = torch.tensor(lengths)[:, None]
+    attention_mask = (positions < lengths_t).long()
+    token_type_ids = ((positions >= (lengths_t + 1) // 2) & (attention_mask == 1)).long()
+    return input_ids * attention_mask, attention_mask, token_type_ids
+
+
+def patience_values(num_layers):
+    return sorted({0, 1, 2, num_layers - 1, num_layers, num_layers + 3})
+
+
+def settings(task, num_layers):
+    """(patience, regression_threshold) pairs to sweep."""
+    if task == "classification":
+        return [(p, 0.1) for p in patience_values(num_layers)]
+    return [(p, t) for p in patience_values(num_layers) for t in REGRESSION_THRESHOLDS] + [(1, 0.0)]
+
+
+def has_spread(exit_layers, num_layers):
+    return len(set(exit_layers.tolist())) > 1 and int(exit_layers.min()) < num_layers
+
+
+def example_inputs(input_ids, attention_mask, token_type_ids, b):
+    """Example b alone, its padding removed, without an attention mask."""
+    length = int(attention_mask[b].sum())
+    return dict(input_ids=input_ids[b : b + 1, :length], token_type_ids=token_type_ids[b : b + 1, :length])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batched early exit == one example at a time
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize(
+    "variant, exit_pooling",
+    [(v, "pooler") for v in VARIANTS] + [("bert", "mean"), ("albert_groups2", "mean"), ("albert_inner2", "mean")],
+)
+@torch.no_grad()
+def test_batched_early_exit_equals_one_example_at_a_time(variant, exit_pooling, task):
+    model = make_model(variant, NUM_LABELS[task], exit_pooling=exit_pooling)
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask, token_type_ids = make_batch()
+    long_ids, long_mask, long_types = make_batch(pad_to=max(LENGTHS) + 7)  # same examples, more padding
+    assert torch.equal(long_ids[:, : max(LENGTHS)], input_ids)
+
+    spread = False
+    for patience, threshold in settings(task, num_layers):
+        kwargs = dict(patience=patience, regression_threshold=threshold)
+        batched = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
+        assert batched.logits.shape == (len(LENGTHS), NUM_LABELS[task])
+        assert batched.exit_layers.dtype == torch.long and batched.exit_layers.shape == (len(LENGTHS),)
+        for b in range(len(LENGTHS)):
+            alone = model(**example_inputs(input_ids, attention_mask, token_type_ids, b), **kwargs)
+            assert int(alone.exit_layers[0]) == int(batched.exit_layers[b]), (patience, threshold, b)
+            torch.testing.assert_close(batched.logits[b], alone.logits[0], rtol=0, atol=1e-5)
+
+        padded = model(long_ids, attention_mask=long_mask, token_type_ids=long_types, **kwargs)
+        assert torch.equal(padded.exit_layers, batched.exit_layers), (patience, threshold)
+        torch.testing.assert_close(padded.logits, batched.logits, rtol=0, atol=1e-5)
+
+        if patience == 0 or patience >= num_layers:
+            assert batched.exit_layers.tolist() == [num_layers] * len(LENGTHS)
+        spread = spread or has_spread(batched.exit_layers, num_layers)
+    assert spread, "no setting gave examples different exit layers: the test would not exercise early exit"
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("variant", MAIN_VARIANTS)
+@torch.no_grad()
+def test_retired_examples_are_not_computed_further(variant, task):
+    """Layer j (0-based) only runs the examples that exit after it, over the longest of their lengths."""
+    model = make_model(variant, NUM_LABELS[task])
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask, token_type_ids = make_batch(pad_to=max(LENGTHS) + 4)
+    lengths = torch.tensor(LENGTHS)
+    base = model.base_model
+    layers = base.encoder.layer if hasattr(base.encoder, "layer") else base.encoder.albert_layer_groups
+    calls, classifier_calls = [], []
+    # (batch, seq) of each layer's input, in call order (an ALBERT group is called once per layer it serves)
+    record = lambda module, args: calls.append(tuple(args[0].shape[:2]))  # noqa: E731
+    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
+    hooks += [
+        c.register_forward_hook(lambda m, args, out, i=i: classifier_calls.append(i))
+        for i, c in enumerate(model.classifiers)
+    ]
+    try:
+        spread = False
+        for patience, threshold in settings(task, num_layers):
+            calls.clear()
+            classifier_calls.clear()
+            out = model(
+                input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                patience=patience,
+                regression_threshold=threshold,
+            )
+            expected = []
+            for j in range(num_layers):
+                running = out.exit_layers > j
+                if running.any():
+                    expected.append((int(running.sum()), int(lengths[running].max())))
+            assert calls == expected, (patience, threshold, out.exit_layers.tolist())
+            if patience == 0 or patience >= num_layers:
+                # no early exit possible: the intermediate classifiers are skipped
+                assert classifier_calls == [num_layers - 1]
+            spread = spread or has_spread(out.exit_layers, num_layers)
+        assert spread
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@torch.no_grad()
+def test_batch_without_attention_mask(variant):
+    model = make_model(variant, 3)
+    input_ids, _, token_type_ids = make_batch(lengths=[6] * 5)
+    for patience in patience_values(model.config.num_hidden_layers):
+        batched = model(input_ids, token_type_ids=token_type_ids, patience=patience)
+        ones = torch.ones_like(input_ids)
+        masked = model(input_ids, attention_mask=ones, token_type_ids=token_type_ids, patience=patience)
+        assert torch.equal(batched.exit_layers, masked.exit_layers)
+        torch.testing.assert_close(batched.logits, masked.logits, rtol=0, atol=1e-5)
+        for b in range(len(input_ids)):
+            alone = model(input_ids[b : b + 1], token_type_ids=token_type_ids[b : b + 1], patience=patience)
+            assert int(alone.exit_layers[0]) == int(batched.exit_layers[b])
+            torch.testing.assert_close(batched.logits[b], alone.logits[0], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Agreement with the plain transformers backbone and with an independent implementation of the patience rule
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize(
+    "variant, exit_pooling", [(v, "pooler") for v in MAIN_VARIANTS] + [("bert", "mean"), ("albert", "mean")]
+)
+@torch.no_grad()
+def test_patience_zero_equals_plain_backbone_and_last_classifier(variant, exit_pooling, task):
+    model = make_model(variant, NUM_LABELS[task], exit_pooling=exit_pooling)
+    input_ids, attention_mask, token_type_ids = make_batch()
+    out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=0)
+
+    backbone_out = plain_backbone(model)(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    if exit_pooling == "pooler":
+        pooled = backbone_out.pooler_output
+    else:
+        weights = attention_mask.unsqueeze(-1).float()
+        pooled = (backbone_out.last_hidden_state * weights).sum(1) / weights.sum(1)
+    expected = model.classifiers[-1](pooled)
+    torch.testing.assert_close(out.logits, expected, rtol=0, atol=1e-5)
+    assert out.exit_layers.tolist() == [model.config.num_hidden_layers] * len(LENGTHS)
+    # the config default is patience 0 as well
+    default = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    torch.testing.assert_close(default.logits, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize(
+    "variant, exit_pooling", [(v, "pooler") for v in VARIANTS] + [("bert", "mean"), ("albert_groups2", "mean")]
+)
+@torch.no_grad()
+def test_same_answers_as_reference_rule_on_plain_backbone(variant, exit_pooling, task):
+    """Per-layer logits from the plain backbone, the patience rule applied one example at a time, vs our batch."""
+    model = make_model(variant, NUM_LABELS[task], exit_pooling=exit_pooling)
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask, token_type_ids = make_batch()
+    reference_layer_logits = [
+        plain_layer_logits(model, **example_inputs(input_ids, attention_mask, token_type_ids, b))[0]
+        for b in range(len(LENGTHS))
+    ]  # one (L, num_labels) per example
+
+    spread = False
+    for patience, threshold in settings(task, num_layers):
+        ours = model(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            patience=patience,
+            regression_threshold=threshold,
+        )
+        for b, layer_logits in enumerate(reference_layer_logits):
+            exit_layer, logits = reference_patience_rule(list(layer_logits), patience, threshold)
+            assert int(ours.exit_layers[b]) == exit_layer, (patience, threshold, b)
+            torch.testing.assert_close(ours.logits[b], logits, rtol=0, atol=1e-5)
+        spread = spread or has_spread(ours.exit_layers, num_layers)
+    assert spread
+
+    # all-layer logits agree with the plain backbone's too
+    all_layers = model(
+        input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_all_layer_logits=True
+    ).all_layer_logits
+    for b, layer_logits in enumerate(reference_layer_logits):
+        torch.testing.assert_close(all_layers[b], layer_logits, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exit layers on hand-made classifier outputs
+
+
+def set_classifier_outputs(model, per_layer_bias):
+    """Zero every classifier's weight so layer i always outputs per_layer_bias[i], whatever the input."""
+    with torch.no_grad():
+        for classifier, bias in zip(model.classifiers, per_layer_bias):
+            classifier.weight.zero_()
+            classifier.bias.copy_(torch.tensor(bias, dtype=torch.float))
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("variant", MAIN_VARIANTS)
+@torch.no_grad()
+def test_forced_agreement_exits_at_patience_plus_one(variant, task):
+    model = make_model(variant, NUM_LABELS[task])
+    num_layers = model.config.num_hidden_layers
+    constant = [0.3, -0.1, 0.2] if task == "classification" else [0.7]
+    set_classifier_outputs(model, [constant] * num_layers)
+    input_ids, attention_mask, token_type_ids = make_batch()
+    for patience in range(num_layers + 4):
+        out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=patience)
+        expected = patience + 1 if 1 <= patience < num_layers else num_layers
+        assert out.exit_layers.tolist() == [expected] * len(LENGTHS), patience
+        torch.testing.assert_close(out.logits, torch.tensor([constant] * len(LENGTHS)), rtol=0, atol=0)
+    if task == "regression":
+        # identical outputs, but the comparison is strict: threshold 0 never exits early
+        out = model(input_ids, attention_mask=attention_mask, patience=1, regression_threshold=0.0)
+        assert out.exit_layers.tolist() == [num_layers] * len(LENGTHS)
+
+
+@pytest.mark.parametrize(
+    "pattern, patience, threshold, expected",
+    [
+        # classification: predicted classes per layer 0 0 1 1 1 1
+        ("classes", 1, 0.1, 2),
+        ("classes", 2, 0.1, 5),  # the counter resets at layer 3: counts 1, 0, 1, 2
+        ("classes", 3, 0.1, 6),
+        ("classes", 5, 0.1, 6),
+        # regression: outputs 0, 0.25, 0.5, 0.75, 1.0, 1.25 (exact in float): each change is exactly 0.25
+        ("steps", 1, 0.25, 6),  # strict <: a change equal to the threshold is a change
+        ("steps", 1, 0.2500001, 2),
+        ("steps", 4, 0.26, 5),
+        ("steps", 5, 0.26, 6),
+        # regression: 0, 0.05, 1.0, 1.02, 1.04, 1.06 with threshold 0.1
+        ("jump", 1, 0.1, 2),
+        ("jump", 2, 0.1, 5),  # counts 1, 0, 1, 2
+        ("jump", 3, 0.1, 6),
+    ],
+)
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@torch.no_grad()
+def test_patience_counter_on_hand_made_predictions(variant, pattern, patience, threshold, expected):
+    biases = {
+        "classes": [[1.0, 0.0, 0.0]] * 2 + [[0.0, 1.0, 0.0]] * 4,
+        "steps": [[0.25 * i] for i in range(6)],
+        "jump": [[0.0], [0.05], [1.0], [1.02], [1.04], [1.06]],
+    }[pattern]
+    model = make_model(variant, len(biases[0]), num_hidden_layers=6)
+    set_classifier_outputs(model, biases)
+    input_ids, attention_mask, token_type_ids = make_batch()
+    out = model(
+        input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
+        patience=patience,
+        regression_threshold=threshold,
+    )
+    assert out.exit_layers.tolist() == [expected] * len(LENGTHS)
+    torch.testing.assert_close(out.logits, torch.tensor([biases[expected - 1]] * len(LENGTHS)), rtol=0, atol=0)
+    all_layers = torch.tensor([biases] * len(LENGTHS))
+    assert patience_exit_layers(all_layers, patience, threshold).tolist() == [expected] * len(LENGTHS)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# All-layer logits
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("variant", MAIN_VARIANTS)
+@torch.no_grad()
+def test_output_all_layer_logits(variant, task):
+    model = make_model(variant, NUM_LABELS[task])
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask, token_type_ids = make_batch()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    spread = False
+    for patience, threshold in settings(task, num_layers):
+        kwargs = dict(patience=patience, regression_threshold=threshold)
+        plain = model(**inputs, **kwargs)
+        assert plain.all_layer_logits is None
+        full = model(**inputs, output_all_layer_logits=True, **kwargs)
+        assert full.all_layer_logits.shape == (len(LENGTHS), num_layers, NUM_LABELS[task])
+        assert torch.equal(full.exit_layers, plain.exit_layers), (patience, threshold)
+        torch.testing.assert_close(full.logits, plain.logits, rtol=0, atol=1e-5)
+        answered = full.all_layer_logits[torch.arange(len(LENGTHS)), full.exit_layers - 1]
+        assert torch.equal(answered, full.logits)
+        recomputed = patience_exit_layers(full.all_layer_logits, patience, threshold)
+        assert torch.equal(recomputed, plain.exit_layers), (patience, threshold)
+        spread = spread or has_spread(plain.exit_layers, num_layers)
+    assert spread
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Losses
+
+
+def no_dropout(variant):
+    extra = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if VARIANTS[variant][0] == "albert":
+        extra["classifier_dropout_prob"] = 0.0
+    return extra
+
+
+def make_labels(task, batch_size, seed=2):
+    generator = torch.Generator().manual_seed(seed)
+    if task == "classification":
+        return torch.randint(0, 3, (batch_size,), generator=generator)
+    return torch.randn(batch_size, generator=generator)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("variant", MAIN_VARIANTS)
+def test_training_loss_is_weighted_average_and_reaches_every_parameter(variant, task):
+    model = make_model(variant, NUM_LABELS[task], **no_dropout(variant)).train()
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask, token_type_ids = make_batch()
+    labels = make_labels(task, len(LENGTHS))
+    out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels, patience=1)
+
+    with torch.no_grad():
+        layer_logits = plain_layer_logits(model, input_ids, attention_mask, token_type_ids)
+    per_layer = []
+    for i in range(num_layers):
+        if task == "classification":
+            per_layer.append(nn.functional.cross_entropy(layer_logits[:, i], labels))
+        else:
+            per_layer.append(((layer_logits[:, i, 0] - labels) ** 2).mean())
+    expected = sum((i + 1) * loss for i, loss in enumerate(per_layer)) / sum(range(1, num_layers + 1))
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
+    # the layers' losses differ, so the check above tells the 1..L weighting from a plain mean or the last layer's loss
+    per_layer = torch.stack(per_layer)
+    assert per_layer.max() - per_layer.min() > 0.05 * per_layer.mean(), per_layer
+    # training runs every layer: the answer is the last layer's
+    assert out.exit_layers.tolist() == [num_layers] * len(LENGTHS)
+    torch.testing.assert_close(out.logits, layer_logits[:, -1], rtol=0, atol=1e-5)
+
+    out.loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, f"{name} got no gradient"
+        assert parameter.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+def test_dropout_sits_before_the_classifiers_in_training_only():
+    model = make_model("bert", 3, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.0)
+    seen = []
+    hook = model.classifiers[-1].register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    input_ids, attention_mask, _ = make_batch()
+    with torch.no_grad():
+        model.train()(input_ids, attention_mask=attention_mask)
+        model.eval()(input_ids, attention_mask=attention_mask, patience=0)
+    hook.remove()
+    train_input, eval_input = seen
+    assert (eval_input != 0).all()
+    assert (train_input == 0).float().mean() > 0.2  # about half the pooled features dropped in training
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@torch.no_grad()
+def test_eval_loss_is_loss_of_answered_logits(variant, task):
+    model = make_model(variant, NUM_LABELS[task])
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask, token_type_ids = make_batch()
+    labels = make_labels(task, len(LENGTHS))
+    threshold = 0.1
+    patience = 1
+    out = model(
+        input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
+        labels=labels,
+        patience=patience,
+        regression_threshold=threshold,
+        output_all_layer_logits=True,
+    )
+    assert has_spread(out.exit_layers, num_layers), out.exit_layers
+    if task == "classification":
+        expected = nn.functional.cross_entropy(out.logits, labels)
+        last_layer = nn.functional.cross_entropy(out.all_layer_logits[:, -1], labels)
+    else:
+        expected = ((out.logits[:, 0] - labels) ** 2).mean()
+        last_layer = ((out.all_layer_logits[:, -1, 0] - labels) ** 2).mean()
+    torch.testing.assert_close(out.loss, expected, rtol=1e-6, atol=1e-7)
+    assert not torch.isclose(out.loss, last_layer)
+    # the same without output_all_layer_logits
+    plain = model(
+        input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
+        labels=labels,
+        patience=patience,
+        regression_threshold=threshold,
+    )
+    torch.testing.assert_close(plain.loss, expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saving and loading
+
+
+@pytest.mark.parametrize("variant", MAIN_VARIANTS)
+@torch.no_grad()
+def test_save_and_load_keeps_weights_and_pabee_settings(variant, tmp_path):
+    model = make_model(variant, 3, patience=1, regression_threshold=0.25, exit_pooling="mean")
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    settings_after = (loaded.config.patience, loaded.config.regression_threshold, loaded.config.exit_pooling)
+    assert settings_after == (1, 0.25, "mean")
+    state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert state.keys() == loaded_state.keys()
+    for key in state:
+        assert torch.equal(state[key], loaded_state[key]), key
+    input_ids, attention_mask, token_type_ids = make_batch()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    before, after = model(**inputs), loaded(**inputs)
+    assert torch.equal(before.exit_layers, after.exit_layers)
+    # equal weights; the last bits can differ as the loaded tensors sit elsewhere in memory (other kernels' paths)
+    torch.testing.assert_close(before.logits, after.logits, rtol=0, atol=1e-6)
+    assert has_spread(after.exit_layers, model.config.num_hidden_layers)  # the saved patience is in use
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert", "albert_groups2"])
+def test_state_dict_follows_reference_layout(variant, tmp_path):
+    model = make_model(variant, 3)
+    family = VARIANTS[variant][0]
+    num_layers = model.config.num_hidden_layers
+    backbone_keys = {f"{family}.{k}" for k in FAMILIES[family][1](model.config, add_pooling_layer=True).state_dict()}
+    classifier_keys = {f"classifiers.{i}.{p}" for i in range(num_layers) for p in ("weight", "bias")}
+    keys = set(model.state_dict())
+    assert {k.split(".")[0] for k in keys} == {family, "classifiers"}
+    assert keys == backbone_keys | classifier_keys
+    for i in range(num_layers):
+        assert model.classifiers[i].weight.shape == (3, 32)
+    pooler = "bert.pooler.dense.weight" if family == "bert" else "albert.pooler.weight"
+    assert pooler in keys  # the backbone's own pooler, shared by every exit
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert set(f.keys()) == keys
+
+
+@pytest.mark.parametrize("plain_class", ["for_sequence_classification", "model"])
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@torch.no_grad()
+def test_from_pretrained_on_plain_checkpoint_loads_backbone_and_inits_classifiers(variant, plain_class, tmp_path):
+    family = VARIANTS[variant][0]
+    config_class, model_class, classification_class, pabee_class = FAMILIES[family]
+    config = make_config(variant, 3)
+    torch.manual_seed(3)
+    plain = (classification_class if plain_class == "for_sequence_classification" else model_class)(config)
+    plain.save_pretrained(tmp_path)
+    plain_backbone_state = (plain.base_model if plain_class == "for_sequence_classification" else plain).state_dict()
+
+    model, info = pabee_class.from_pretrained(tmp_path, output_loading_info=True)
+    model.eval()
+    num_layers = config.num_hidden_layers
+    assert set(info["missing_keys"]) == {f"classifiers.{i}.{p}" for i in range(num_layers) for p in ("weight", "bias")}
+    assert (model.config.patience, model.config.regression_threshold, model.config.exit_pooling) == (0, 0.1, "pooler")
+    state = model.base_model.state_dict()
+    assert state.keys() == plain_backbone_state.keys()
+    for key in state:
+        assert torch.equal(state[key], plain_backbone_state[key]), key
+    weights = torch.stack([c.weight for c in model.classifiers])
+    assert torch.isfinite(weights).all() and weights.std() > 0
+    assert 0.005 < float(weights.std()) < 0.1  # initializer_range 0.02, not the ~1/sqrt(32) of a default nn.Linear
+    assert not torch.equal(model.classifiers[0].weight, model.classifiers[1].weight)
+    for classifier in model.classifiers:
+        assert torch.equal(classifier.bias, torch.zeros(3))
+    input_ids, attention_mask, token_type_ids = make_batch()
+    out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=2)
+    assert torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+def test_from_pretrained_on_plain_checkpoint_takes_pabee_settings(variant, tmp_path):
+    """The usage in the modeling files' docstrings: from_pretrained("bert-base-uncased", num_labels=2, patience=3)."""
+    _, model_class, _, pabee_class = FAMILIES[VARIANTS[variant][0]]
+    torch.manual_seed(3)
+    model_class(make_config(variant, 2)).save_pretrained(tmp_path)
+    model = pabee_class.from_pretrained(
+        tmp_path, num_labels=3, patience=2, regression_threshold=0.2, exit_pooling="mean"
+    )
+    settings_after = (model.config.num_labels, model.config.patience, model.config.regression_threshold)
+    assert settings_after == (3, 2, 0.2) and model.config.exit_pooling == "mean"
+    assert len(model.classifiers) == model.config.num_hidden_layers and model.classifiers[0].out_features == 3
+    with pytest.raises(ValueError, match="patience must be an integer"):
+        pabee_class.from_pretrained(tmp_path, patience=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Settings
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@torch.no_grad()
+def test_forward_arguments_override_config_for_one_call(variant):
+    input_ids, attention_mask, token_type_ids = make_batch()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+    model = make_model(variant, 3, patience=2)
+    num_layers = model.config.num_hidden_layers
+    with_config = model(**inputs)
+    override = model(**inputs, patience=0)  # 0 is falsy: must still override
+    assert override.exit_layers.tolist() == [num_layers] * len(LENGTHS)
+    assert model.config.patience == 2
+    assert torch.equal(model(**inputs).exit_layers, with_config.exit_layers)
+    assert has_spread(with_config.exit_layers, num_layers)
+    override = model(**inputs, patience=1)
+    assert model.config.patience == 2
+    reference = make_model(variant, 3, patience=1)(**inputs)
+    assert torch.equal(override.exit_layers, reference.exit_layers)
+    assert not torch.equal(override.exit_layers, with_config.exit_layers)
+
+    regression = make_model(variant, 1, patience=1, regression_threshold=0.1)
+    set_classifier_outputs(regression, [[0.5]] * num_layers)  # every layer agrees: exit at layer 2 unless threshold 0
+    assert regression(**inputs).exit_layers.tolist() == [2] * len(LENGTHS)
+    override = regression(**inputs, regression_threshold=0.0)  # 0.0 is falsy too
+    assert override.exit_layers.tolist() == [num_layers] * len(LENGTHS)
+    assert regression.config.regression_threshold == 0.1
+    assert regression(**inputs).exit_layers.tolist() == [2] * len(LENGTHS)
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@pytest.mark.parametrize("patience", [-1, 1.5, "3", True, 2.0])
+def test_bad_patience_raises(variant, patience):
+    with pytest.raises(ValueError, match="patience must be an integer"):
+        make_model(variant, 3, patience=patience)
+    model = make_model(variant, 3)
+    input_ids, attention_mask, _ = make_batch()
+    with pytest.raises(ValueError, match="patience must be an integer"):
+        model(input_ids, attention_mask=attention_mask, patience=patience)
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@pytest.mark.parametrize("threshold", [-0.1, float("nan"), "0.1"])
+def test_bad_regression_threshold_raises(variant, threshold):
+    with pytest.raises(ValueError, match="regression_threshold must be a number >= 0"):
+        make_model(variant, 1, regression_threshold=threshold)
+    model = make_model(variant, 1)
+    input_ids, attention_mask, _ = make_batch()
+    with pytest.raises(ValueError, match="regression_threshold must be a number >= 0"):
+        model(input_ids, attention_mask=attention_mask, patience=1, regression_threshold=threshold)
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+def test_bad_num_labels_raises(variant):
+    config = make_config(variant, 3)
+    config.num_labels = 0
+    assert config.num_labels == 0
+    with pytest.raises(ValueError, match="num_labels must be >= 1"):
+        FAMILIES[VARIANTS[variant][0]][3](config)
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+def test_unknown_exit_pooling_raises(variant):
+    with pytest.raises(ValueError, match="exit_pooling must be one of pooler, mean"):
+        make_model(variant, 3, exit_pooling="max")
+    model = make_model(variant, 3)
+    model.config.exit_pooling = "cls"
+    input_ids, attention_mask, _ = make_batch()
+    with pytest.raises(ValueError, match="exit_pooling"):
+        model(input_ids, attention_mask=attention_mask)
+
+
+def test_defaults_are_written_to_the_config():
+    model = make_model("bert", 3)
+    assert (model.config.patience, model.config.regression_threshold, model.config.exit_pooling) == (0, 0.1, "pooler")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The modeling files stand alone
+
+
+@pytest.mark.parametrize("path", MODELING_FILES, ids=lambda p: p.name)
+def test_modeling_file_imports_only_torch_and_transformers(path):
+    allowed = {"torch", "transformers", "dataclasses", "__future__", "typing", "math"}
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"relative import in {path.name}: the file must work when copied alone"
+            imported.add(node.module.split(".")[0])
+    assert imported and imported <= allowed, imported - allowed

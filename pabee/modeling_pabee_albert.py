@@ -38,9 +38,20 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import ModelOutput
 
 # Copied from pabee.modeling_pabee_bert.PABEE_DEFAULTS
-PABEE_DEFAULTS = {"patience": 0, "regression_threshold": 0.1, "exit_pooling": "pooler"}
+PABEE_DEFAULTS = {
+    "patience": 0,
+    "regression_threshold": 0.1,
+    "exit_pooling": "pooler",
+    "exit_criterion": "patience",
+    "exit_threshold": None,
+    "layer_loss_weights": "linear",
+}
 # Copied from pabee.modeling_pabee_bert.EXIT_POOLINGS
 EXIT_POOLINGS = ("pooler", "mean")
+# Copied from pabee.modeling_pabee_bert.EXIT_CRITERIA
+EXIT_CRITERIA = ("patience", "entropy", "confidence")
+# Copied from pabee.modeling_pabee_bert.LAYER_LOSS_WEIGHTS
+LAYER_LOSS_WEIGHTS = ("linear", "uniform")
 
 
 # Copied from pabee.modeling_pabee_bert.PabeeSequenceClassifierOutput
@@ -67,16 +78,40 @@ class PabeeSequenceClassifierOutput(ModelOutput):
 
 
 # Copied from pabee.modeling_pabee_bert.check_pabee_settings
-def check_pabee_settings(patience, regression_threshold, exit_pooling="pooler"):
-    """Raise a `ValueError` that says how to fix a bad PABEE setting."""
+def check_pabee_settings(
+    patience,
+    regression_threshold,
+    exit_pooling="pooler",
+    exit_criterion="patience",
+    exit_threshold=None,
+    layer_loss_weights="linear",
+    num_labels=None,
+):
+    """Raise a `ValueError` that says how to fix a bad early-exit setting."""
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
         raise ValueError(f"patience must be an integer >= 0 (0 disables early exit), got {patience!r}")
-    if isinstance(regression_threshold, bool) or not isinstance(regression_threshold, (int, float)):
-        raise ValueError(f"regression_threshold must be a number >= 0, got {regression_threshold!r}")
-    if not regression_threshold >= 0:  # also rejects NaN
+    if not is_non_negative_number(regression_threshold):
         raise ValueError(f"regression_threshold must be a number >= 0, got {regression_threshold!r}")
     if exit_pooling not in EXIT_POOLINGS:
         raise ValueError(f"exit_pooling must be one of {', '.join(EXIT_POOLINGS)}, got {exit_pooling!r}")
+    if layer_loss_weights not in LAYER_LOSS_WEIGHTS:
+        raise ValueError(
+            f"layer_loss_weights must be one of {', '.join(LAYER_LOSS_WEIGHTS)}, got {layer_loss_weights!r}"
+        )
+    if exit_criterion not in EXIT_CRITERIA:
+        raise ValueError(f"exit_criterion must be one of {', '.join(EXIT_CRITERIA)}, got {exit_criterion!r}")
+    if exit_criterion == "patience":
+        return
+    if num_labels == 1:
+        raise ValueError(f"regression (num_labels=1) exits by patience only, not by {exit_criterion!r}")
+    if not is_non_negative_number(exit_threshold) or (exit_criterion == "confidence" and exit_threshold > 1):
+        allowed = "a probability in [0, 1]" if exit_criterion == "confidence" else "a number >= 0 (nats)"
+        raise ValueError(f"exit_threshold of the {exit_criterion} criterion must be {allowed}, got {exit_threshold!r}")
+
+
+# Copied from pabee.modeling_pabee_bert.is_non_negative_number
+def is_non_negative_number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0  # NaN fails `>= 0`
 
 
 # Copied from pabee.modeling_pabee_bert.update_patience_counters
@@ -113,11 +148,43 @@ def patience_exit_layers(all_layer_logits, patience, regression_threshold):
     return exit_layers
 
 
+# Copied from pabee.modeling_pabee_bert.confident_exits
+def confident_exits(logits, exit_criterion, exit_threshold):
+    """
+    The examples whose classifier is sure enough to answer now, for the criteria compared with patience in the
+    early-exit literature: "entropy" (entropy of the predicted distribution below the threshold, in nats; DeeBERT)
+    or "confidence" (top-class probability above the threshold).
+    """
+    probabilities = logits.float().softmax(dim=-1)
+    if exit_criterion == "entropy":
+        return torch.special.entr(probabilities).sum(dim=-1) < exit_threshold
+    return probabilities.max(dim=-1).values > exit_threshold
+
+
+# Copied from pabee.modeling_pabee_bert.simulate_exit_layers
+def simulate_exit_layers(all_layer_logits, patience, regression_threshold, exit_criterion="patience",
+                         exit_threshold=None):
+    """
+    The exit layer (1-based) of each example under any exit criterion, from every layer's logits: what real early
+    exit gives, computed from one full-depth pass, so a whole sweep of settings costs one pass.
+    """
+    if exit_criterion == "patience":
+        return patience_exit_layers(all_layer_logits, patience, regression_threshold)
+    num_layers = all_layer_logits.shape[1]
+    exits = confident_exits(all_layer_logits[:, :-1], exit_criterion, exit_threshold)  # (batch, num_layers - 1)
+    first_exit = exits.int().argmax(dim=-1) + 1  # argmax returns the first of equal maxima
+    return torch.where(exits.any(dim=-1), first_exit, torch.full_like(first_exit, num_layers))
+
+
 # Copied from pabee.modeling_pabee_bert.weighted_layer_loss
-def weighted_layer_loss(layer_logits, labels):
-    """PABEE's training loss: sum_i i * loss_i / sum_i i over layers i = 1..L (MSE when there is one logit)."""
+def weighted_layer_loss(layer_logits, labels, layer_loss_weights="linear"):
+    """
+    PABEE's training loss: sum_i w_i * loss_i / sum_i w_i over layers i = 1..L, with w_i = i ("linear", the paper's)
+    or w_i = 1 ("uniform"); cross-entropy, or MSE when there is one logit.
+    """
     total_loss, total_weight = 0.0, 0
-    for weight, logits in enumerate(layer_logits, start=1):
+    for layer, logits in enumerate(layer_logits, start=1):
+        weight = layer if layer_loss_weights == "linear" else 1
         total_loss = total_loss + weight * sequence_classification_loss(logits, labels)
         total_weight += weight
     return total_loss / total_weight
@@ -194,9 +261,11 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
     ALBERT with one linear classifier per layer and patience-based early exit.
 
     The PABEE settings live on the config, so `save_pretrained` keeps them: `config.patience` (0: no early exit),
-    `config.regression_threshold` (regression: a change smaller than this counts as "the same prediction") and
-    `config.exit_pooling`. They can also be given as keyword arguments (`from_pretrained(path, patience=3)`), which
-    set them on the config. `forward` takes `patience=` and `regression_threshold=` to override them for one call.
+    `config.regression_threshold` (regression: a change smaller than this counts as "the same prediction"),
+    `config.exit_pooling`, `config.layer_loss_weights` ("linear": PABEE's 1..L, or "uniform"), and, to compare
+    PABEE with other exit rules on the same model, `config.exit_criterion` ("patience", "entropy" or "confidence")
+    with its `config.exit_threshold`. Keyword arguments set them on the config (`from_pretrained(path, patience=3)`);
+    `forward` takes the exit settings as keyword arguments to override them for one call.
     """
 
     def __init__(self, config, **pabee_settings):
@@ -207,11 +276,11 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
         for name, default in PABEE_DEFAULTS.items():
             if pabee_settings.get(name) is not None:
                 setattr(config, name, pabee_settings[name])
-            elif getattr(config, name, None) is None:
+            elif not hasattr(config, name):
                 setattr(config, name, default)
-        check_pabee_settings(config.patience, config.regression_threshold, config.exit_pooling)
         if config.num_labels < 1:
             raise ValueError(f"num_labels must be >= 1 (1 means regression), got {config.num_labels}")
+        check_pabee_settings(**{name: getattr(config, name) for name in PABEE_DEFAULTS}, num_labels=config.num_labels)
         self.num_labels = config.num_labels
 
         self.albert = AlbertModelWithPabee(config)
@@ -232,17 +301,31 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
         labels=None,
         patience=None,
         regression_threshold=None,
+        exit_criterion=None,
+        exit_threshold=None,
         output_all_layer_logits=False,
     ):
         """
         In training mode every layer runs and `loss` is PABEE's weighted average of the per-layer losses. In
-        evaluation mode each example exits at its own layer. `output_all_layer_logits=True` runs every layer for
-        every example and also returns all the classifiers' logits; the answers are the same as without it.
+        evaluation mode each example exits at its own layer. `patience`, `regression_threshold`, `exit_criterion`
+        and `exit_threshold` override the config's for this call. `output_all_layer_logits=True` runs every layer
+        for every example and also returns all the classifiers' logits; the answers are the same as without it.
         """
-        patience = self.config.patience if patience is None else patience
-        if regression_threshold is None:
-            regression_threshold = self.config.regression_threshold
-        check_pabee_settings(patience, regression_threshold, self.config.exit_pooling)
+        config = self.config
+        exit_settings = {
+            "patience": config.patience if patience is None else patience,
+            "regression_threshold": (
+                config.regression_threshold if regression_threshold is None else regression_threshold
+            ),
+            "exit_criterion": config.exit_criterion if exit_criterion is None else exit_criterion,
+            "exit_threshold": config.exit_threshold if exit_threshold is None else exit_threshold,
+        }
+        check_pabee_settings(
+            **exit_settings,
+            exit_pooling=config.exit_pooling,
+            layer_loss_weights=config.layer_loss_weights,
+            num_labels=self.num_labels,
+        )
 
         backbone = self.base_model
         hidden_states = backbone.embed(input_ids, token_type_ids, position_ids, inputs_embeds)
@@ -254,18 +337,16 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
             if self.training:
                 exit_layers = torch.full_like(all_layer_logits[:, 0, 0], num_layers, dtype=torch.long)
             else:
-                exit_layers = patience_exit_layers(all_layer_logits, patience, regression_threshold)
+                exit_layers = simulate_exit_layers(all_layer_logits, **exit_settings)
             logits = all_layer_logits[torch.arange(len(exit_layers)), exit_layers - 1]
         else:
             all_layer_logits = None
-            logits, exit_layers = self._run_with_early_exit(
-                hidden_states, attention_mask, patience, regression_threshold
-            )
+            logits, exit_layers = self._run_with_early_exit(hidden_states, attention_mask, **exit_settings)
 
         loss = None
         if labels is not None:
             if self.training:
-                loss = weighted_layer_loss(all_layer_logits.unbind(dim=1), labels)
+                loss = weighted_layer_loss(all_layer_logits.unbind(dim=1), labels, config.layer_loss_weights)
             else:
                 loss = sequence_classification_loss(logits, labels)
 
@@ -291,17 +372,19 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
             all_layer_logits.append(self._classify(index, hidden_states, attention_mask))
         return torch.stack(all_layer_logits, dim=1)
 
-    def _run_with_early_exit(self, hidden_states, attention_mask, patience, regression_threshold):
+    def _run_with_early_exit(
+        self, hidden_states, attention_mask, patience, regression_threshold, exit_criterion, exit_threshold
+    ):
         """
-        Patience-based early exit with one counter per example. An example leaves the batch at its exit layer and
-        no later layer is computed for it; the others go on with a smaller batch.
+        Early exit decided per example (one patience counter each). An example leaves the batch at its exit layer
+        and no later layer is computed for it; the others go on with a smaller batch.
         """
         backbone = self.base_model
         num_layers = len(self.classifiers)
         batch_size = hidden_states.shape[0]
         # With patience 0, or patience >= num_layers (the counter can reach at most num_layers - 1), nobody exits
         # early: skip the intermediate classifiers so full depth costs what the plain model costs.
-        can_exit_early = 0 < patience < num_layers
+        can_exit_early = 0 < patience < num_layers if exit_criterion == "patience" else num_layers > 1
 
         logits = None
         exit_layers = torch.full((batch_size,), num_layers, dtype=torch.long, device=hidden_states.device)
@@ -322,10 +405,13 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
                 logits[active] = layer_logits
                 break
 
-            if previous_logits is not None:
-                counters = update_patience_counters(counters, previous_logits, layer_logits, regression_threshold)
-            previous_logits = layer_logits
-            done = counters == patience
+            if exit_criterion == "patience":
+                if previous_logits is not None:
+                    counters = update_patience_counters(counters, previous_logits, layer_logits, regression_threshold)
+                previous_logits = layer_logits
+                done = counters == patience
+            else:
+                done = confident_exits(layer_logits, exit_criterion, exit_threshold)
             if not done.any():
                 continue
             logits[active[done]] = layer_logits[done]
@@ -333,7 +419,8 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
             if done.all():
                 break
             running = ~done
-            active, counters, previous_logits = active[running], counters[running], previous_logits[running]
+            active, counters = active[running], counters[running]
+            previous_logits = previous_logits[running] if previous_logits is not None else None
             hidden_states = hidden_states[running]
             attention_mask = attention_mask[running] if attention_mask is not None else None
             hidden_states, attention_mask = drop_padding_columns(hidden_states, attention_mask)

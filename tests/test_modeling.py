@@ -772,3 +772,134 @@ def test_modeling_file_imports_only_torch_and_transformers(path):
             assert node.level == 0, f"relative import in {path.name}: the file must work when copied alone"
             imported.add(node.module.split(".")[0])
     assert imported and imported <= allowed, imported - allowed
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Other exit criteria (entropy, confidence) and the uniform loss weighting
+
+
+def entropy_and_confidence(logits):
+    probabilities = logits.softmax(dim=-1)
+    entropy = -(probabilities * probabilities.log()).sum(dim=-1)
+    return entropy, probabilities.max(dim=-1).values
+
+
+def reference_threshold_rule(layer_logits, criterion, threshold):
+    """The first layer whose entropy is below (or top probability above) the threshold, else the last: by hand."""
+    for layer, logits in enumerate(layer_logits[:-1], start=1):
+        entropy, confidence = entropy_and_confidence(logits)
+        if (criterion == "entropy" and entropy < threshold) or (criterion == "confidence" and confidence > threshold):
+            return layer
+    return len(layer_logits)
+
+
+def criterion_thresholds(model, criterion):
+    """Thresholds at quantiles of the batch's own per-layer entropies or confidences, so that exits spread out."""
+    input_ids, attention_mask, token_type_ids = make_batch()
+    layer_logits = plain_layer_logits(model, input_ids, attention_mask, token_type_ids)
+    entropy, confidence = entropy_and_confidence(layer_logits)
+    values = entropy if criterion == "entropy" else confidence
+    return [float(q) for q in torch.quantile(values.flatten(), torch.tensor([0.2, 0.5, 0.8]))]
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "confidence"])
+@pytest.mark.parametrize("variant", MAIN_VARIANTS)
+@torch.no_grad()
+def test_threshold_criteria_batched_equal_one_at_a_time_and_the_rule_by_hand(variant, criterion):
+    model = make_model(variant, 3)
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask, token_type_ids = make_batch()
+    layer_logits = plain_layer_logits(model, input_ids, attention_mask, token_type_ids)
+    spread = False
+    for threshold in criterion_thresholds(model, criterion):
+        kwargs = dict(exit_criterion=criterion, exit_threshold=threshold)
+        batched = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
+        for b in range(len(LENGTHS)):
+            alone = model(**example_inputs(input_ids, attention_mask, token_type_ids, b), **kwargs)
+            assert int(alone.exit_layers[0]) == int(batched.exit_layers[b]), (threshold, b)
+            torch.testing.assert_close(batched.logits[b], alone.logits[0], rtol=0, atol=1e-5)
+            expected = reference_threshold_rule(layer_logits[b], criterion, threshold)
+            assert int(batched.exit_layers[b]) == expected, (threshold, b)
+        simulated = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                          output_all_layer_logits=True, **kwargs)
+        assert torch.equal(simulated.exit_layers, batched.exit_layers)
+        torch.testing.assert_close(simulated.logits, batched.logits, rtol=0, atol=1e-5)
+        spread = spread or has_spread(batched.exit_layers, num_layers)
+    assert spread, "no threshold gave examples different exit layers"
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@torch.no_grad()
+def test_confidence_threshold_extremes(variant):
+    model = make_model(variant, 3)
+    input_ids, attention_mask, _ = make_batch()
+    # Any top-class probability is above 0: everyone answers at layer 1. None is above 1: everyone runs every layer.
+    first = model(input_ids, attention_mask=attention_mask, exit_criterion="confidence", exit_threshold=0.0)
+    assert first.exit_layers.tolist() == [1] * len(LENGTHS)
+    last = model(input_ids, attention_mask=attention_mask, exit_criterion="confidence", exit_threshold=1.0)
+    assert last.exit_layers.tolist() == [model.config.num_hidden_layers] * len(LENGTHS)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(exit_criterion="depth"), "exit_criterion"),
+        (dict(exit_criterion="entropy"), "exit_threshold"),
+        (dict(exit_criterion="entropy", exit_threshold=-1.0), "exit_threshold"),
+        (dict(exit_criterion="confidence", exit_threshold=1.5), "probability"),
+    ],
+)
+def test_bad_exit_criterion_settings_raise(settings, message):
+    model = make_model("bert", 3)
+    input_ids, attention_mask, _ = make_batch()
+    with pytest.raises(ValueError, match=message):
+        model(input_ids, attention_mask=attention_mask, **settings)
+
+
+def test_regression_exits_by_patience_only():
+    model = make_model("bert", 1)
+    input_ids, attention_mask, _ = make_batch()
+    with pytest.raises(ValueError, match="regression"):
+        model(input_ids, attention_mask=attention_mask, exit_criterion="entropy", exit_threshold=0.5)
+    with pytest.raises(ValueError, match="regression"):
+        make_model("bert", 1, exit_criterion="confidence", exit_threshold=0.9)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_uniform_layer_loss_weights(task):
+    model = make_model("bert", NUM_LABELS[task], layer_loss_weights="uniform", **no_dropout("bert")).train()
+    input_ids, attention_mask, token_type_ids = make_batch()
+    labels = make_labels(task, len(LENGTHS))
+    out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels)
+    with torch.no_grad():
+        layer_logits = plain_layer_logits(model, input_ids, attention_mask, token_type_ids)
+    if task == "classification":
+        per_layer = [nn.functional.cross_entropy(layer_logits[:, i], labels) for i in range(layer_logits.shape[1])]
+    else:
+        per_layer = [((layer_logits[:, i, 0] - labels) ** 2).mean() for i in range(layer_logits.shape[1])]
+    torch.testing.assert_close(out.loss, torch.stack(per_layer).mean(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="layer_loss_weights"):
+        make_model("bert", 3, layer_loss_weights="quadratic")
+
+
+def test_new_settings_survive_save_and_load(tmp_path):
+    model = make_model("albert", 3, exit_criterion="entropy", exit_threshold=0.3, layer_loss_weights="uniform")
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path)
+    assert (reloaded.config.exit_criterion, reloaded.config.exit_threshold) == ("entropy", 0.3)
+    assert reloaded.config.layer_loss_weights == "uniform"
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@torch.no_grad()
+def test_threshold_criteria_are_strict(variant):
+    model = make_model(variant, 3)
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask, _ = make_batch()
+    # Equal logits: top probability exactly 1/3 and entropy exactly log(3) at every layer, equal to the thresholds.
+    set_classifier_outputs(model, [[0.0, 0.0, 0.0]] * num_layers)
+    uniform = torch.full((3,), 1 / 3)
+    for criterion, threshold in [("confidence", uniform.max().item()), ("entropy", -(uniform * uniform.log()).sum())]:
+        kwargs = dict(exit_criterion=criterion, exit_threshold=float(threshold))
+        out = model(input_ids, attention_mask=attention_mask, **kwargs)
+        assert out.exit_layers.tolist() == [num_layers] * len(LENGTHS), criterion

@@ -36,6 +36,8 @@ import os
 import shutil
 import sys
 
+import datasets
+import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
@@ -52,10 +54,29 @@ from pabee.checkpoints import (
     remove_stale_partials,
     start_checkpoint,
 )
-from pabee.evaluation import add_wall_speedups, format_table, predict, save_results, summarize
-from pabee.features import file_identity, load_features
-from pabee.glue import GLUE_TASKS, GlueFormatError, get_task, load_example_file, load_hub_glue, main_metric_name
-from pabee.glue import read_glue_split
+from pabee.evaluation import (
+    ExitSetting,
+    add_wall_speedups,
+    answers,
+    format_table,
+    layer_metrics,
+    predict,
+    save_results,
+    simulate,
+    summarize,
+)
+from pabee.features import file_identity, load_feature_sets
+from pabee.glue import (
+    GLUE_TASKS,
+    GlueFormatError,
+    get_task,
+    load_example_file,
+    load_hub_glue,
+    main_metric_name,
+    read_glue_split,
+    submission_file_name,
+    write_submission,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +117,20 @@ def patience_list(text):
             raise argparse.ArgumentTypeError(
                 f"invalid --patience {text!r}: expected comma-separated integers >= 0, such as 0,3,4,5"
             )
-        values.append(int(item))
+        if int(item) not in values:
+            values.append(int(item))
     return values
+
+
+def threshold_list(text):
+    """Parse `--exit_thresholds 0.1,0.2` into [0.1, 0.2]."""
+    try:
+        values = [float(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --exit_thresholds {text!r}: expected comma-separated numbers")
+    if any(not value >= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"invalid --exit_thresholds {text!r}: thresholds must be >= 0")
+    return list(dict.fromkeys(values))
 
 
 def parse_args(argv=None):
@@ -142,6 +175,9 @@ def parse_args(argv=None):
                             "pooler over the first token, as in the paper) or 'mean' (the mean of the layer's hidden "
                             "states over real tokens). Default: the model's config, else 'pooler'. Training only: "
                             "a trained model keeps the pooling it was trained with.")
+    model.add_argument("--layer_loss_weights", type=str, default=None, choices=("linear", "uniform"),
+                       help="Weights of the per-layer losses in training: 'linear' (layer i weighs i, as in the "
+                            "paper; the default) or 'uniform'.")
 
     pabee = parser.add_argument_group("early exit")
     pabee.add_argument("--patience", type=patience_list, default=[0],
@@ -150,10 +186,23 @@ def parse_args(argv=None):
                             "in a row, so its earliest exit is layer PATIENCE+1. 0 runs every layer (no early exit); "
                             "PATIENCE >= the number of layers never exits early. Include 0 to get the wall-clock "
                             "speed-up of the others against full depth.")
-    pabee.add_argument("--regression_threshold", type=float, default=DEFAULT_REGRESSION_THRESHOLD,
+    pabee.add_argument("--regression_threshold", type=float, default=None,
                        help="Regression (STS-B) only: two consecutive layers agree when their predicted scores differ "
-                            f"by less than this. Default {DEFAULT_REGRESSION_THRESHOLD} (scores run from 0 to 5). "
-                            "0 never counts an agreement, so it disables early exit.")
+                            f"by less than this. Default: the trained model's, else {DEFAULT_REGRESSION_THRESHOLD} "
+                            "(scores run from 0 to 5). 0 never counts an agreement, so it disables early exit.")
+    pabee.add_argument("--exit_criterion", type=str, default="patience", choices=("patience", "entropy", "confidence"),
+                       help="Also evaluate another exit rule on the same model, for comparison with PABEE: 'entropy' "
+                            "(exit at the first layer whose predicted distribution has entropy below the threshold, "
+                            "in nats; DeeBERT) or 'confidence' (top-class probability above the threshold), at each "
+                            "of --exit_thresholds. The --patience values are evaluated too (keep 0 there for the "
+                            "full-depth baseline). Classification only.")
+    pabee.add_argument("--exit_thresholds", type=threshold_list, default=None,
+                       help="Thresholds of --exit_criterion entropy or confidence, comma-separated (e.g. "
+                            "0.05,0.1,0.2 for entropy, 0.9,0.95,0.99 for confidence).")
+    pabee.add_argument("--sweep_from_one_pass", action="store_true",
+                       help="Take every exit setting's answers from one full-depth pass (each layer's logits do not "
+                            "depend on where an example stops, so this is exact) instead of a timed early-exit run "
+                            "per setting: much faster for long sweeps, but gives no wall-clock figures.")
 
     training = parser.add_argument_group("training")
     training.add_argument("--output_dir", type=str, required=True,
@@ -162,6 +211,9 @@ def parse_args(argv=None):
     training.add_argument("--do_train", action="store_true", help="Fine-tune the model.")
     training.add_argument("--do_eval", action="store_true",
                           help="Evaluate at every --patience on the dev set(s) and keep the results.")
+    training.add_argument("--do_predict", action="store_true",
+                          help="Write test-set predictions in GLUE's submission format for every exit setting, to "
+                               "OUTPUT_DIR/predictions/<setting>/<TASK>.tsv (from one full-depth pass: exact).")
     training.add_argument("--evaluate_during_training", action="store_true",
                           help="Also evaluate every --logging_steps while training.")
     training.add_argument("--per_gpu_train_batch_size", type=int, default=8,
@@ -172,6 +224,8 @@ def parse_args(argv=None):
     training.add_argument("--gradient_accumulation_steps", type=int, default=1,
                           help="Batches to accumulate before each optimiser step.")
     training.add_argument("--learning_rate", type=float, default=5e-5, help="Peak learning rate of AdamW.")
+    training.add_argument("--classifier_lr_multiplier", type=float, default=1.0,
+                          help="Learning rate of the internal classifiers relative to --learning_rate (default 1).")
     training.add_argument("--weight_decay", type=float, default=0.0,
                           help="AdamW weight decay (not applied to biases and LayerNorm weights).")
     training.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
@@ -211,10 +265,22 @@ def parse_args(argv=None):
         args.task = get_task(args.task_name)
     except ValueError as error:
         parser.error(str(error))
-    if not (args.do_train or args.do_eval):
-        parser.error("nothing to do: pass --do_train and/or --do_eval")
-    if args.regression_threshold < 0 or math.isnan(args.regression_threshold):
+    if not (args.do_train or args.do_eval or args.do_predict):
+        parser.error("nothing to do: pass --do_train, --do_eval and/or --do_predict")
+    if args.regression_threshold is not None and not args.regression_threshold >= 0:
         parser.error(f"--regression_threshold must be >= 0, got {args.regression_threshold}")
+    if args.exit_criterion != "patience":
+        if args.task.is_regression:
+            parser.error(f"--exit_criterion {args.exit_criterion} needs classes: {args.task.name} is a regression "
+                         "task, which exits by patience only")
+        if not args.exit_thresholds:
+            parser.error(f"--exit_criterion {args.exit_criterion} needs --exit_thresholds")
+        if args.exit_criterion == "confidence" and max(args.exit_thresholds) > 1:
+            parser.error("--exit_thresholds of the confidence criterion are probabilities: at most 1")
+    elif args.exit_thresholds:
+        parser.error("--exit_thresholds needs --exit_criterion entropy or confidence")
+    if not args.classifier_lr_multiplier > 0:
+        parser.error(f"--classifier_lr_multiplier must be > 0, got {args.classifier_lr_multiplier}")
     for name in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size", "gradient_accumulation_steps",
                  "max_seq_length"):
         if getattr(args, name) < 1:
@@ -252,21 +318,34 @@ def split_loader(args, split):
             flag = "--train_file" if split == "train" else "--validation_file"
             raise InputError(f"{flag} {path or '(not given)'} not found")
         return (lambda: load_example_file(path, split)), file_identity(path)
-    return (lambda: load_hub_glue(task, split, cache_dir=args.cache_dir)), f"hub:{task.name}:{split}"
+    return (lambda: load_hub_split(args, split)), f"hub:{task.name}:{split}"
 
 
-def eval_splits(args):
-    """The evaluation sets: the task's dev set(s), or the single --validation_file."""
-    if args.train_file or args.validation_file:
-        return (args.task.eval_splits[0],)
-    return args.task.eval_splits
+def load_hub_split(args, split):
+    try:
+        return load_hub_glue(args.task, split, cache_dir=args.cache_dir)
+    except (ImportError, ValueError) as error:
+        raise InputError(f"{first_line(error)} (pass --data_dir with the task's GLUE TSV files to read them instead)")
 
 
-def load_split(args, split, tokenizer, model_type):
-    loader, source = split_loader(args, split)
+def splits_needed(args):
+    """Training data, the evaluation sets (the task's dev set(s), or the single --validation_file), test sets."""
+    splits = ["train"] if args.do_train else []
+    if args.do_eval:
+        splits += [args.task.eval_splits[0]] if (args.train_file or args.validation_file) else args.task.eval_splits
+    if args.do_predict:
+        if args.train_file or args.validation_file:
+            raise InputError("--do_predict reads the GLUE test files: it needs --data_dir (or the hub data set)")
+        splits += args.task.test_splits
+    return splits
+
+
+def load_splits(args, splits, tokenizer, model_type):
+    """Tokenised features of every split, each file read and checked before any cache is written."""
     cache_dir = os.path.join(args.cache_dir or args.output_dir, "cached_features")
-    return load_features(loader, args.task, split, source, tokenizer, args.max_seq_length, model_type, cache_dir,
-                         overwrite_cache=args.overwrite_cache)
+    sources = {split: split_loader(args, split) for split in splits}
+    return load_feature_sets(args.task, sources, tokenizer, args.max_seq_length, model_type, cache_dir,
+                             overwrite_cache=args.overwrite_cache)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -297,9 +376,11 @@ def load_model(args, path, for_training):
         config.finetuning_task = task.name
         if args.exit_pooling:
             config.exit_pooling = args.exit_pooling
+        if args.layer_loss_weights:
+            config.layer_loss_weights = args.layer_loss_weights
+        config.regression_threshold = args.regression_threshold
     elif config.num_labels != task.num_labels:
         raise InputError(f"the model in {path} has {config.num_labels} labels but {task.name} needs {task.num_labels}")
-    config.regression_threshold = args.regression_threshold
     try:
         return MODEL_CLASSES[config.model_type].from_pretrained(path, config=config, cache_dir=args.cache_dir)
     except (OSError, ValueError) as error:
@@ -331,23 +412,82 @@ def check_model_path(path, flag):
 # Evaluation
 
 
+def exit_settings(args):
+    """The sweep: every --patience, then every threshold of a second --exit_criterion."""
+    settings = [ExitSetting("patience", patience) for patience in args.patience]
+    if args.exit_criterion != "patience":
+        settings += [ExitSetting(args.exit_criterion, threshold) for threshold in args.exit_thresholds]
+    return settings
+
+
+FULL_DEPTH = ExitSetting("patience", 0)
+
+
 def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=None):
-    """Evaluate `model` at every patience on every eval set; return one result entry for each."""
+    """
+    Evaluate `model` at every exit setting on every eval set. Returns one result entry per (eval set, setting) and
+    the metrics of each internal classifier on its own, per eval set.
+    """
     num_layers = model.config.num_hidden_layers
-    entries = []
+    threshold = model.config.regression_threshold
+    entries, per_layer = [], []
     for eval_set, dataloader in eval_dataloaders.items():
-        # One untimed batch first, so that one-time start-up costs do not count against the first patience.
-        with torch.no_grad():
-            warm_up = {k: v for k, v in next(iter(dataloader)).items() if k != "labels"}
-            model.eval()(**warm_up)
-        for patience in args.patience:
-            predictions = predict(model, dataloader, accelerator, patience, args.regression_threshold,
-                                  description=f"{checkpoint_name} {eval_set} patience {patience}")
-            entry = {"checkpoint": checkpoint_name, "step": step, "eval_set": eval_set, "patience": patience,
+        description = f"{checkpoint_name} {eval_set}"
+        # One pass through every layer gives each classifier's answers: the per-layer metrics, and each setting's
+        # exact answers by simulation. It also warms up, so start-up costs do not count against a timed run.
+        full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold),
+                             f"{description} every layer", all_layers=True)
+        per_layer.append({"checkpoint": checkpoint_name, "eval_set": eval_set,
+                          "layers": layer_metrics(args.task, full_depth)})
+        for setting in exit_settings(args):
+            simulated = simulate(full_depth, setting, threshold)
+            if args.sweep_from_one_pass:
+                predictions = simulated
+            else:
+                predictions = predict(model, dataloader, accelerator, setting.model_kwargs(threshold),
+                                      f"{description} {setting.label}")
+            entry = {"checkpoint": checkpoint_name, "step": step, "eval_set": eval_set, **setting.as_dict(),
+                     "regression_threshold": threshold if args.task.is_regression else None,
                      "batch_size": args.per_gpu_eval_batch_size, "num_layers": num_layers}
             entry.update(summarize(args.task, predictions, num_layers))
+            if not args.sweep_from_one_pass:
+                # Agreement of the real run with the one-pass simulation: 1.0 up to floating-point ties.
+                entry["simulation_agreement"] = float((simulated.exit_layers == predictions.exit_layers).mean())
             entries.append(entry)
-    return add_wall_speedups(entries)
+    return add_wall_speedups(entries), per_layer
+
+
+def plot_results(args, entries, per_layer):
+    """One trade-off plot per (checkpoint, eval set), next to the results. Returns the paths written."""
+    from pabee.plotting import plot_tradeoff
+
+    metric = main_metric_name(args.task)
+    paths = []
+    for layers in per_layer:
+        key = (layers["checkpoint"], layers["eval_set"])
+        points = [entry for entry in entries if (entry["checkpoint"], entry["eval_set"]) == key]
+        path = os.path.join(args.output_dir, f"tradeoff_{key[0]}_{key[1]}.png")
+        title = f"{args.task.name.upper()} {key[1]} ({key[0]})"
+        paths.append(plot_tradeoff(points, layers["layers"], metric, title, path))
+    return paths
+
+
+def write_test_predictions(args, accelerator, model, test_dataloaders):
+    """GLUE submission files for every exit setting, from one full-depth pass over each test split."""
+    threshold = model.config.regression_threshold
+    written = []
+    for split, dataloader in test_dataloaders.items():
+        full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold),
+                             f"test {split} every layer", all_layers=True)
+        if not accelerator.is_main_process:
+            continue
+        for setting in exit_settings(args):
+            folder = os.path.join(args.output_dir, "predictions", setting.slug)
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, submission_file_name(args.task, split))
+            write_submission(path, args.task, answers(args.task, simulate(full_depth, setting, threshold).logits))
+            written.append(path)
+    return written
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -355,14 +495,21 @@ def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=N
 
 
 def make_optimizer(args, model):
-    """AdamW with weight decay on every parameter except biases and LayerNorm weights."""
+    """
+    AdamW with weight decay on every parameter except biases and LayerNorm weights; the internal classifiers'
+    learning rate is --classifier_lr_multiplier times the backbone's.
+    """
     no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(nd in n for nd in no_decay)],
-         "weight_decay": args.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, eps=args.adam_epsilon)
+    groups = {}
+    for name, parameter in model.named_parameters():
+        decay = 0.0 if any(part in name for part in no_decay) else args.weight_decay
+        learning_rate = args.learning_rate * (args.classifier_lr_multiplier if name.startswith("classifiers.") else 1)
+        groups.setdefault((decay, learning_rate), []).append(parameter)
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": decay, "lr": lr} for (decay, lr), params in groups.items()],
+        lr=args.learning_rate,
+        eps=args.adam_epsilon,
+    )
 
 
 def save_checkpoint(args, accelerator, model, tokenizer, step, trainer_state):
@@ -385,8 +532,10 @@ def train(args, accelerator, model, tokenizer, train_dataset, eval_dataloaders, 
     # Lengths in multiples of 8 let float16 matrix products use tensor cores.
     pad_to_multiple_of = 8 if accelerator.mixed_precision == "fp16" else None
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+    # A generator of its own keeps the data order off the global RNG, which dropout uses: a resumed run then draws
+    # the same dropout masks as an uninterrupted one.
     train_dataloader = DataLoader(train_dataset, shuffle=True, batch_size=args.per_gpu_train_batch_size,
-                                  collate_fn=collator)
+                                  collate_fn=collator, generator=torch.Generator().manual_seed(args.seed))
     optimizer = make_optimizer(args, model)
 
     batches_per_epoch = math.ceil(len(train_dataset) / (args.per_gpu_train_batch_size * accelerator.num_processes))
@@ -466,15 +615,29 @@ def train(args, accelerator, model, tokenizer, train_dataset, eval_dataloaders, 
 
 
 def evaluate_during_training(args, accelerator, model, eval_dataloaders, step, tb_writer):
-    entries = evaluate(args, accelerator, accelerator.unwrap_model(model), eval_dataloaders, f"step-{step}", step)
+    entries, per_layer = evaluate(args, accelerator, accelerator.unwrap_model(model), eval_dataloaders,
+                                  f"step-{step}", step)
     if accelerator.is_main_process:
-        save_results(args.output_dir, entries, run_info(args))
+        save_results(args.output_dir, entries, run_info(args), per_layer)
         if tb_writer is not None:
-            for entry in entries:
-                prefix = f"eval/{entry['eval_set']}/patience_{entry['patience']}"
-                for name, value in entry.get("metrics", {}).items():
-                    tb_writer.add_scalar(f"{prefix}/{name}", value, step)
-                tb_writer.add_scalar(f"{prefix}/avg_exit_layer", entry["avg_exit_layer"], step)
+            log_evaluation(tb_writer, entries, per_layer, step)
+
+
+def log_evaluation(tb_writer, entries, per_layer, step):
+    """Metrics, exit layers (mean and histogram) per setting, and each layer's metrics, to TensorBoard."""
+    for entry in entries:
+        prefix = f"eval/{entry['eval_set']}/{ExitSetting.from_entry(entry).slug}"
+        for name, value in entry.get("metrics", {}).items():
+            tb_writer.add_scalar(f"{prefix}/{name}", value, step)
+        tb_writer.add_scalar(f"{prefix}/avg_exit_layer", entry["avg_exit_layer"], step)
+        layers, counts = zip(*((int(layer), count) for layer, count in entry["exit_histogram"].items()))
+        tb_writer.add_histogram(f"{prefix}/exit_layers", np.repeat(layers, counts), step,
+                                bins=np.arange(0.5, len(layers) + 1))
+    for layers in per_layer:
+        for row in layers["layers"]:
+            for name, value in row.items():
+                if name != "layer":
+                    tb_writer.add_scalar(f"eval/{layers['eval_set']}/layer_{row['layer']}/{name}", value, step)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -487,12 +650,9 @@ def save_arguments(args, path):
         json.dump(arguments, file, indent=2)
 
 
-STARTED = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def run_info(args):
-    return {"started": STARTED, "task": args.task.name, "metric": main_metric_name(args.task),
-            "command": " ".join(sys.argv), "model": args.model_name_or_path}
+    return {"started": args.started, "task": args.task.name, "metric": main_metric_name(args.task),
+            "command": " ".join(["run_glue_with_pabee.py"] + args.argv), "model": args.model_name_or_path}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -510,14 +670,17 @@ def check_output_dir(args):
             raise InputError(f"--output_dir {args.output_dir} is not empty and holds no checkpoint to resume from; "
                              "pass --overwrite_output_dir to train into it anyway")
         resume_from = checkpoints[-1]
-    if args.do_eval and not args.do_train and not holds_model(args.output_dir):
-        raise InputError(f"--do_eval without --do_train evaluates the model saved in --output_dir, but "
+    if not args.do_train and not holds_model(args.output_dir):
+        raise InputError(f"--do_eval and --do_predict without --do_train use the model saved in --output_dir, but "
                          f"{args.output_dir} holds none (no config.json and model.safetensors)")
     return resume_from
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    args.argv = argv
+    args.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     try:
         run(args)
     except (InputError, GlueFormatError) as error:
@@ -539,36 +702,39 @@ def run(args):
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         level=logging.INFO if accelerator.is_local_main_process else logging.WARNING)
-    logger.info("Process %d of %d, device %s, mixed precision %s", accelerator.process_index,
-                accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+    datasets.disable_progress_bars()  # its cache writes are quick; our own progress bars say what runs
     set_seed(args.seed)
 
-    # Everything the user named must be there before anything is written.
+    # Everything the user named must be there, and every data file readable, before anything is written.
     resume_from = check_output_dir(args)
     if args.do_train:
         check_model_path(args.model_name_or_path, "--model_name_or_path")
-    splits = (("train",) if args.do_train else ()) + (eval_splits(args) if args.do_eval else ())
-    for split in splits:
-        split_loader(args, split)
-
-    # Model and tokenizer
     start_path = args.model_name_or_path if args.do_train else args.output_dir
+    config = load_config(args, start_path)
     tokenizer = load_tokenizer(args, start_path)
-    model = load_model(args, start_path, for_training=args.do_train)
-    model_type = model.config.model_type
-    if args.max_seq_length > model.config.max_position_embeddings:
+    if args.max_seq_length > config.max_position_embeddings:
         raise InputError(f"--max_seq_length {args.max_seq_length} is more than the model's "
-                         f"{model.config.max_position_embeddings} positions")
-
-    # Data
+                         f"{config.max_position_embeddings} positions")
+    if args.regression_threshold is None:
+        saved_threshold = None if args.do_train else getattr(config, "regression_threshold", None)
+        args.regression_threshold = DEFAULT_REGRESSION_THRESHOLD if saved_threshold is None else saved_threshold
+    splits = splits_needed(args)
     with accelerator.main_process_first():  # one process tokenises and caches, the others read the cache
-        train_dataset = load_split(args, "train", tokenizer, model_type) if args.do_train else None
-        eval_datasets = {split: load_split(args, split, tokenizer, model_type) for split in splits if split != "train"}
+        features = load_splits(args, splits, tokenizer, config.model_type)
+    logger.info("Process %d of %d, device %s, mixed precision %s", accelerator.process_index,
+                accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+
+    # Model
+    model = load_model(args, start_path, for_training=args.do_train)
+    model.config.regression_threshold = args.regression_threshold
     collator = DataCollatorWithPadding(tokenizer)
-    eval_dataloaders = {
-        split: accelerator.prepare(DataLoader(dataset, batch_size=args.per_gpu_eval_batch_size, collate_fn=collator))
-        for split, dataset in eval_datasets.items()
-    }
+    eval_dataloaders, test_dataloaders = {}, {}
+    for split, dataset in features.items():
+        if split == "train":
+            continue
+        dataloader = accelerator.prepare(DataLoader(dataset, batch_size=args.per_gpu_eval_batch_size,
+                                                    collate_fn=collator))
+        (test_dataloaders if split in args.task.test_splits else eval_dataloaders)[split] = dataloader
 
     # Train
     if args.do_train:
@@ -584,7 +750,7 @@ def run(args):
 
             tb_writer = SummaryWriter(os.path.join(args.output_dir, "runs"))
         model, global_step = train(
-            args, accelerator, model, tokenizer, train_dataset, eval_dataloaders, resume_from, tb_writer
+            args, accelerator, model, tokenizer, features["train"], eval_dataloaders, resume_from, tb_writer
         )
         if tb_writer is not None:
             tb_writer.close()
@@ -596,6 +762,7 @@ def run(args):
             save_arguments(args, args.output_dir)
             logger.info("Saved the model after %d steps to %s", global_step, args.output_dir)
         accelerator.wait_for_everyone()
+    model = model.to(accelerator.device)
 
     # Evaluate
     if args.do_eval:
@@ -604,18 +771,30 @@ def run(args):
             to_evaluate = [(path, os.path.basename(path), read_trainer_state(path)["global_step"])
                            for path in list_checkpoints(args.output_dir)] + to_evaluate
         logger.info("***** Running evaluation *****")
-        logger.info("  Checkpoints: %s; patience: %s; batch size %d", ", ".join(name for _, name, _ in to_evaluate),
-                    ",".join(map(str, args.patience)), args.per_gpu_eval_batch_size)
-        entries = []
+        logger.info("  Checkpoints: %s; exit settings: %s; batch size %d",
+                    ", ".join(name for _, name, _ in to_evaluate),
+                    ", ".join(setting.label for setting in exit_settings(args)), args.per_gpu_eval_batch_size)
+        entries, per_layer = [], []
         for path, name, step in to_evaluate:
             # The final model is the one in hand: just trained, or loaded from --output_dir.
             checkpoint_model = model if name == "final" else load_model(args, path, for_training=False)
-            checkpoint_model = checkpoint_model.to(accelerator.device)
-            entries += evaluate(args, accelerator, checkpoint_model, eval_dataloaders, name, step)
+            checkpoint_model.config.regression_threshold = args.regression_threshold
+            checkpoint_entries, checkpoint_layers = evaluate(
+                args, accelerator, checkpoint_model.to(accelerator.device), eval_dataloaders, name, step
+            )
+            entries += checkpoint_entries
+            per_layer += checkpoint_layers
         if accelerator.is_main_process:
-            json_path, table_path = save_results(args.output_dir, entries, run_info(args))
+            json_path, table_path = save_results(args.output_dir, entries, run_info(args), per_layer)
+            plots = plot_results(args, entries, per_layer)
             print(format_table(entries, main_metric_name(args.task)))
-            print(f"Results written to {json_path} and {table_path}")
+            print(f"Results written to {json_path} and {table_path}; trade-off plots: {', '.join(plots)}")
+
+    # Predict
+    if args.do_predict:
+        written = write_test_predictions(args, accelerator, model, test_dataloaders)
+        if accelerator.is_main_process:
+            logger.info("Test predictions written to %s", ", ".join(sorted({os.path.dirname(p) for p in written})))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Evaluate a PABEE model at one patience, summarise what it did, and keep every result."""
+"""Evaluate a PABEE model at one exit setting, summarise what it did, and keep every result."""
 
 import datetime
 import json
@@ -11,9 +11,51 @@ import torch
 from tqdm.auto import tqdm
 
 from .glue import GlueTask, compute_metrics
+from .modeling_pabee_bert import simulate_exit_layers
 
 RESULTS_JSON = "eval_results.json"
 RESULTS_TABLE = "eval_results.txt"
+
+
+@dataclass(frozen=True)
+class ExitSetting:
+    """One point of a sweep: a patience, or a threshold of another exit criterion."""
+
+    criterion: str  # "patience", "entropy" or "confidence"
+    value: float  # the patience (an integer) or the threshold
+
+    @classmethod
+    def from_entry(cls, entry):
+        """The setting of a result entry (see `as_dict`)."""
+        return cls(entry["criterion"], entry["patience"] if entry["criterion"] == "patience" else entry["threshold"])
+
+    @property
+    def is_full_depth(self):
+        return self.criterion == "patience" and self.value == 0
+
+    @property
+    def label(self):
+        if self.criterion == "patience":
+            return f"patience {int(self.value)}"
+        return f"{self.criterion} {'<' if self.criterion == 'entropy' else '>'} {self.value:g}"
+
+    @property
+    def slug(self):
+        """The label as a file and TensorBoard name: "patience_3", "entropy_lt_0.2", "confidence_gt_0.9"."""
+        return self.label.replace(" < ", "_lt_").replace(" > ", "_gt_").replace(" ", "_")
+
+    def model_kwargs(self, regression_threshold):
+        """The keyword arguments of the model's forward that select this setting."""
+        if self.criterion == "patience":
+            return {"exit_criterion": "patience", "patience": int(self.value),
+                    "regression_threshold": regression_threshold}
+        return {"exit_criterion": self.criterion, "exit_threshold": float(self.value),
+                "regression_threshold": regression_threshold}
+
+    def as_dict(self):
+        if self.criterion == "patience":
+            return {"setting": self.label, "criterion": "patience", "patience": int(self.value), "threshold": None}
+        return {"setting": self.label, "criterion": self.criterion, "patience": None, "threshold": self.value}
 
 
 @dataclass
@@ -24,6 +66,7 @@ class Predictions:
     labels: np.ndarray | None  # (examples,), None for unlabelled (test) data
     exit_layers: np.ndarray  # (examples,), 1-based
     seconds: float
+    all_layer_logits: np.ndarray | None = None  # (examples, num_layers, num_labels) when asked for
 
 
 def _synchronize(device):
@@ -32,20 +75,23 @@ def _synchronize(device):
 
 
 @torch.no_grad()
-def predict(model, dataloader, accelerator, patience, regression_threshold, description="Evaluating"):
+def predict(model, dataloader, accelerator, model_kwargs, description="Evaluating", all_layers=False):
     """
-    Run `model` over `dataloader` with early exit at `patience` and gather the answers from every process. The time
-    covers the whole loop (moving batches to the device included), measured after the device has finished its work.
+    Run `model` over `dataloader` with the exit setting in `model_kwargs` and gather the answers from every process.
+    The time covers the whole loop (moving batches to the device included), measured after the device has finished
+    its work. `all_layers=True` runs every layer and also returns every classifier's logits.
     """
     model.eval()
-    logits, labels, exit_layers = [], [], []
+    logits, labels, exit_layers, all_layer_logits = [], [], [], []
     _synchronize(accelerator.device)
     start = time.perf_counter()
     for batch in tqdm(dataloader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
         batch_labels = batch.pop("labels", None)
-        output = model(**batch, patience=patience, regression_threshold=regression_threshold)
+        output = model(**batch, **model_kwargs, output_all_layer_logits=all_layers)
         logits.append(accelerator.gather_for_metrics(output.logits.float()))
         exit_layers.append(accelerator.gather_for_metrics(output.exit_layers))
+        if all_layers:
+            all_layer_logits.append(accelerator.gather_for_metrics(output.all_layer_logits.float()))
         if batch_labels is not None:
             labels.append(accelerator.gather_for_metrics(batch_labels))
     _synchronize(accelerator.device)
@@ -57,7 +103,32 @@ def predict(model, dataloader, accelerator, patience, regression_threshold, desc
         labels=torch.cat(labels).cpu().numpy() if labels else None,
         exit_layers=torch.cat(exit_layers).cpu().numpy(),
         seconds=seconds,
+        all_layer_logits=torch.cat(all_layer_logits).cpu().numpy() if all_layers else None,
     )
+
+
+def simulate(full_depth: Predictions, setting: ExitSetting, regression_threshold):
+    """
+    The answers and exit layers that real early exit with `setting` gives, from the every-layer logits of one
+    full-depth pass: each layer's logits do not depend on whether the example would have stopped earlier.
+    """
+    all_layer_logits = torch.from_numpy(full_depth.all_layer_logits)
+    kwargs = setting.model_kwargs(regression_threshold)
+    exit_layers = simulate_exit_layers(
+        all_layer_logits, kwargs.get("patience", 0), regression_threshold, kwargs["exit_criterion"],
+        kwargs.get("exit_threshold"),
+    ).numpy()
+    logits = full_depth.all_layer_logits[np.arange(len(exit_layers)), exit_layers - 1]
+    return Predictions(logits=logits, labels=full_depth.labels, exit_layers=exit_layers, seconds=float("nan"))
+
+
+def layer_metrics(task: GlueTask, full_depth: Predictions):
+    """The task metrics of each internal classifier on its own: where the model becomes sure of its answers."""
+    return [
+        {"layer": layer, **compute_metrics(task, answers(task, full_depth.all_layer_logits[:, layer - 1]),
+                                           full_depth.labels)}
+        for layer in range(1, full_depth.all_layer_logits.shape[1] + 1)
+    ]
 
 
 def answers(task: GlueTask, logits):
@@ -66,8 +137,12 @@ def answers(task: GlueTask, logits):
 
 
 def summarize(task: GlueTask, predictions: Predictions, num_layers):
-    """The figures users choose a patience by: task metrics, exit layers, layer speed-up, time."""
+    """
+    The figures users choose a patience by: task metrics, exit layers, layer speed-up and, when the predictions come
+    from a timed early-exit run rather than a simulation, time.
+    """
     examples = len(predictions.exit_layers)
+    timed = not np.isnan(predictions.seconds)
     average_exit_layer = float(predictions.exit_layers.mean())
     histogram = np.bincount(predictions.exit_layers, minlength=num_layers + 1)[1:]
     summary = {
@@ -76,8 +151,8 @@ def summarize(task: GlueTask, predictions: Predictions, num_layers):
         # Layers a full-depth model runs per layer that early exit runs: the paper's speed-up, as a ratio.
         "layer_speedup": num_layers / average_exit_layer,
         "exit_histogram": {str(layer): int(count) for layer, count in enumerate(histogram, start=1)},
-        "eval_seconds": predictions.seconds,
-        "examples_per_second": examples / predictions.seconds if predictions.seconds > 0 else None,
+        "eval_seconds": predictions.seconds if timed else None,
+        "examples_per_second": examples / predictions.seconds if timed and predictions.seconds > 0 else None,
     }
     if predictions.labels is not None:
         summary["metrics"] = compute_metrics(task, answers(task, predictions.logits), predictions.labels)
@@ -91,13 +166,14 @@ def add_wall_speedups(entries):
     }
     for entry in entries:
         baseline = full_depth_seconds.get((entry["checkpoint"], entry["eval_set"]))
-        entry["wall_speedup"] = baseline / entry["eval_seconds"] if baseline and entry["eval_seconds"] > 0 else None
+        seconds = entry["eval_seconds"]
+        entry["wall_speedup"] = baseline / seconds if baseline and seconds else None
     return entries
 
 
 def format_table(entries, metric):
-    """A plain-text table of result entries, one row per (checkpoint, eval set, patience), showing `metric`."""
-    header = ["checkpoint", "eval set", "patience", metric, "avg exit layer", "layer speed-up", "seconds",
+    """A plain-text table of result entries, one row per (checkpoint, eval set, exit setting), showing `metric`."""
+    header = ["checkpoint", "eval set", "exit setting", metric, "avg exit layer", "layer speed-up", "seconds",
               "examples/s", "wall speed-up"]
     rows = [header]
     for entry in entries:
@@ -105,11 +181,11 @@ def format_table(entries, metric):
         rows.append([
             entry["checkpoint"],
             entry["eval_set"],
-            str(entry["patience"]),
+            entry["setting"],
             "-" if value is None else f"{value:.4f}",
             f"{entry['avg_exit_layer']:.2f}",
             f"{entry['layer_speedup']:.2f}x",
-            f"{entry['eval_seconds']:.2f}",
+            "-" if entry["eval_seconds"] is None else f"{entry['eval_seconds']:.2f}",
             "-" if entry["examples_per_second"] is None else f"{entry['examples_per_second']:.1f}",
             "-" if entry.get("wall_speedup") is None else f"{entry['wall_speedup']:.2f}x",
         ])
@@ -127,10 +203,11 @@ def _write_atomically(path, text):
     os.replace(partial_path, path)
 
 
-def save_results(output_dir, run_entries, run_info):
+def save_results(output_dir, run_entries, run_info, layer_results=()):
     """
-    Add this run's entries to `eval_results.json` in `output_dir` (earlier runs' entries are kept, never replaced)
-    and rewrite `eval_results.txt`, the same results as tables, one per run. Returns the paths written.
+    Add this run's entries, and the per-layer metrics of each evaluated (checkpoint, eval set), to
+    `eval_results.json` in `output_dir` (earlier runs' entries are kept, never replaced) and rewrite
+    `eval_results.txt`, the same results as tables, one per run. Returns the paths written.
     """
     json_path = os.path.join(output_dir, RESULTS_JSON)
     runs = []
@@ -138,7 +215,7 @@ def save_results(output_dir, run_entries, run_info):
         with open(json_path) as file:
             runs = json.load(file).get("runs", [])
     runs.append({**run_info, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "entries": run_entries})
+                 "entries": run_entries, "layer_metrics": list(layer_results)})
     _write_atomically(json_path, json.dumps({"runs": runs}, indent=2) + "\n")
 
     tables = [

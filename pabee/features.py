@@ -56,25 +56,29 @@ def convert_examples_to_features(examples, task, tokenizer, max_seq_length):
     return datasets.Dataset.from_dict(columns)
 
 
-def load_features(examples_loader, task, split, source, tokenizer, max_seq_length, model_type, cache_dir,
-                  overwrite_cache=False):
+def load_feature_sets(task, sources, tokenizer, max_seq_length, model_type, cache_dir, overwrite_cache=False):
     """
-    The features of one split, from `cache_dir` if they were built before by the same tokenizer and settings.
-    `examples_loader()` is only called when the cache is missing or `overwrite_cache` is set. The cache is written to
-    a temporary folder and renamed, so an interrupted run never leaves a partial cache behind.
+    The features of several splits, `sources` mapping each split to `(read_examples, source_identity)`. Splits
+    cached before by the same tokenizer and settings are read from `cache_dir`; the others are all read (and so
+    checked) before any cache is written, so a malformed file leaves no new file behind. Each cache is written to a
+    temporary folder and renamed, so an interrupted run never leaves a partial cache either.
     """
-    path = os.path.join(cache_dir, cache_key(task, split, source, tokenizer, max_seq_length, model_type))
-    if os.path.isdir(path) and not overwrite_cache:
-        logger.info("Loading features from cache %s", path)
-        return datasets.load_from_disk(path)
+    paths = {
+        split: os.path.join(cache_dir, cache_key(task, split, source, tokenizer, max_seq_length, model_type))
+        for split, (_, source) in sources.items()
+    }
+    to_build = [split for split, path in paths.items() if overwrite_cache or not os.path.isdir(path)]
+    examples: dict[str, list[InputExample]] = {split: sources[split][0]() for split in to_build}
 
-    examples: list[InputExample] = examples_loader()
-    logger.info("Tokenising %d %s examples of %s", len(examples), split, task.name)
-    features = convert_examples_to_features(examples, task, tokenizer, max_seq_length)
-    os.makedirs(cache_dir, exist_ok=True)
-    partial_path = f"{path}.partial-{os.getpid()}"
-    features.save_to_disk(partial_path)
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    os.replace(partial_path, path)
-    return datasets.load_from_disk(path)
+    for split in to_build:
+        logger.info("Tokenising %d %s examples of %s", len(examples[split]), split, task.name)
+        features = convert_examples_to_features(examples[split], task, tokenizer, max_seq_length)
+        os.makedirs(cache_dir, exist_ok=True)
+        partial_path = f"{paths[split]}.partial-{os.getpid()}"
+        features.save_to_disk(partial_path)
+        if os.path.isdir(paths[split]):
+            shutil.rmtree(paths[split])
+        os.replace(partial_path, paths[split])
+    for split in set(paths) - set(to_build):
+        logger.info("Loading %s features from cache %s", split, paths[split])
+    return {split: datasets.load_from_disk(path) for split, path in paths.items()}

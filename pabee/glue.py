@@ -397,3 +397,32 @@ def compute_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray)
         f1 = float(f1_score(y_true=labels, y_pred=predictions))  # class 1 (paraphrase / duplicate) is positive
         return {"acc": acc, "f1": f1, "acc_and_f1": (acc + f1) / 2}
     return {"acc": acc}
+
+
+# The file names the GLUE benchmark expects in a submission, by task and test split.
+_SUBMISSION_NAMES = {
+    ("cola", "test"): "CoLA", ("sst-2", "test"): "SST-2", ("mrpc", "test"): "MRPC", ("sts-b", "test"): "STS-B",
+    ("qqp", "test"): "QQP", ("mnli", "test_matched"): "MNLI-m", ("mnli", "test_mismatched"): "MNLI-mm",
+    ("qnli", "test"): "QNLI", ("rte", "test"): "RTE", ("wnli", "test"): "WNLI",
+}
+
+
+def submission_file_name(task: GlueTask, split: str) -> str:
+    """E.g. "SST-2.tsv", "MNLI-mm.tsv": the name GLUE's submission format gives the predictions of a test split."""
+    return f"{_SUBMISSION_NAMES[(task.name, split)]}.tsv"
+
+
+def write_submission(path: str | os.PathLike, task: GlueTask, predictions: np.ndarray) -> None:
+    """
+    Write test-set predictions in GLUE's submission format: a header `index<TAB>prediction`, then one row per test
+    example in file order; label names for classification, scores clipped to [0, 5] for STS-B. `predictions` are
+    class ids, or scores for regression. Written to a temporary file and renamed, so it is complete or absent.
+    """
+    path = Path(path)
+    rows = ["index\tprediction"]
+    for index, prediction in enumerate(predictions):
+        value = f"{min(max(float(prediction), 0.0), 5.0):.3f}" if task.is_regression else task.labels[int(prediction)]
+        rows.append(f"{index}\t{value}")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("\n".join(rows) + "\n")
+    os.replace(partial, path)

@@ -1,0 +1,52 @@
+"""The speed/accuracy trade-off of an evaluation as a PNG: what each exit setting buys, and each layer on its own."""
+
+MARKERS = {"patience": "o", "entropy": "s", "confidence": "^"}
+
+
+def plot_tradeoff(entries, layer_metrics, metric, title, path):
+    """
+    Left: `metric` against layer speed-up, one point per exit setting (labelled with its patience or threshold), the
+    full-depth model starred. Right: `metric` of each internal classifier alone. `entries` are the result entries
+    of one checkpoint and evaluation set; `layer_metrics` its per-layer metrics.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    figure, (tradeoff, per_layer) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for criterion, marker in MARKERS.items():
+        points = sorted((e for e in entries if e["criterion"] == criterion and metric in e.get("metrics", {})),
+                        key=lambda e: e["layer_speedup"])
+        if not points:
+            continue
+        speedups = [e["layer_speedup"] for e in points]
+        values = [e["metrics"][metric] for e in points]
+        tradeoff.plot(speedups, values, marker=marker, label=criterion)
+        for entry, x, y in zip(points, speedups, values):
+            text = f"p={entry['patience']}" if criterion == "patience" else f"{entry['threshold']:g}"
+            tradeoff.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+
+    layers = [row["layer"] for row in layer_metrics]
+    layer_values = [row[metric] for row in layer_metrics]
+    if layer_values:
+        tradeoff.axhline(layer_values[-1], color="gray", linestyle="--", linewidth=1)
+        tradeoff.plot([1.0], [layer_values[-1]], marker="*", markersize=14, color="black", linestyle="none",
+                      label="full depth")
+    tradeoff.set_xlabel("layer speed-up (layers / average exit layer)")
+    tradeoff.set_ylabel(metric)
+    tradeoff.set_title(f"{title}: speed against {metric}")
+    tradeoff.grid(alpha=0.3)
+    tradeoff.legend(fontsize=8)
+
+    per_layer.plot(layers, layer_values, marker="o", color="tab:green")
+    per_layer.set_xticks(layers)
+    per_layer.set_xlabel("layer")
+    per_layer.set_ylabel(metric)
+    per_layer.set_title("each internal classifier on its own")
+    per_layer.grid(alpha=0.3)
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

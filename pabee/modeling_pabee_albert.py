@@ -51,7 +51,7 @@ EXIT_POOLINGS = ("pooler", "mean")
 # Copied from pabee.modeling_pabee_bert.EXIT_CRITERIA
 EXIT_CRITERIA = ("patience", "entropy", "confidence")
 # Copied from pabee.modeling_pabee_bert.LAYER_LOSS_WEIGHTS
-LAYER_LOSS_WEIGHTS = ("linear", "uniform")
+LAYER_LOSS_WEIGHTS = ("linear", "uniform", "last")
 
 
 # Copied from pabee.modeling_pabee_bert.PabeeSequenceClassifierOutput
@@ -179,12 +179,16 @@ def simulate_exit_layers(all_layer_logits, patience, regression_threshold, exit_
 # Copied from pabee.modeling_pabee_bert.weighted_layer_loss
 def weighted_layer_loss(layer_logits, labels, layer_loss_weights="linear"):
     """
-    PABEE's training loss: sum_i w_i * loss_i / sum_i w_i over layers i = 1..L, with w_i = i ("linear", the paper's)
-    or w_i = 1 ("uniform"); cross-entropy, or MSE when there is one logit.
+    PABEE's training loss: sum_i w_i * loss_i / sum_i w_i over layers i = 1..L, with w_i = i ("linear", the paper's),
+    w_i = 1 ("uniform"), or only the last layer ("last": plain fine-tuning, the baseline early exit is measured
+    against); cross-entropy, or MSE when there is one logit.
     """
+    num_layers = len(layer_logits)
     total_loss, total_weight = 0.0, 0
     for layer, logits in enumerate(layer_logits, start=1):
-        weight = layer if layer_loss_weights == "linear" else 1
+        weight = {"linear": layer, "uniform": 1, "last": int(layer == num_layers)}[layer_loss_weights]
+        if weight == 0:
+            continue
         total_loss = total_loss + weight * sequence_classification_loss(logits, labels)
         total_weight += weight
     return total_loss / total_weight
@@ -262,7 +266,7 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
 
     The PABEE settings live on the config, so `save_pretrained` keeps them: `config.patience` (0: no early exit),
     `config.regression_threshold` (regression: a change smaller than this counts as "the same prediction"),
-    `config.exit_pooling`, `config.layer_loss_weights` ("linear": PABEE's 1..L, or "uniform"), and, to compare
+    `config.exit_pooling`, `config.layer_loss_weights` (PABEE's "linear" 1..L, "uniform", or "last"), and, to compare
     PABEE with other exit rules on the same model, `config.exit_criterion` ("patience", "entropy" or "confidence")
     with its `config.exit_threshold`. Keyword arguments set them on the config (`from_pretrained(path, patience=3)`);
     `forward` takes the exit settings as keyword arguments to override them for one call.

@@ -45,7 +45,7 @@ PABEE_DEFAULTS = {
 }
 EXIT_POOLINGS = ("pooler", "mean")
 EXIT_CRITERIA = ("patience", "entropy", "confidence")
-LAYER_LOSS_WEIGHTS = ("linear", "uniform")
+LAYER_LOSS_WEIGHTS = ("linear", "uniform", "last")
 
 
 @dataclass
@@ -165,12 +165,16 @@ def simulate_exit_layers(all_layer_logits, patience, regression_threshold, exit_
 
 def weighted_layer_loss(layer_logits, labels, layer_loss_weights="linear"):
     """
-    PABEE's training loss: sum_i w_i * loss_i / sum_i w_i over layers i = 1..L, with w_i = i ("linear", the paper's)
-    or w_i = 1 ("uniform"); cross-entropy, or MSE when there is one logit.
+    PABEE's training loss: sum_i w_i * loss_i / sum_i w_i over layers i = 1..L, with w_i = i ("linear", the paper's),
+    w_i = 1 ("uniform"), or only the last layer ("last": plain fine-tuning, the baseline early exit is measured
+    against); cross-entropy, or MSE when there is one logit.
     """
+    num_layers = len(layer_logits)
     total_loss, total_weight = 0.0, 0
     for layer, logits in enumerate(layer_logits, start=1):
-        weight = layer if layer_loss_weights == "linear" else 1
+        weight = {"linear": layer, "uniform": 1, "last": int(layer == num_layers)}[layer_loss_weights]
+        if weight == 0:
+            continue
         total_loss = total_loss + weight * sequence_classification_loss(logits, labels)
         total_weight += weight
     return total_loss / total_weight
@@ -242,7 +246,7 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
 
     The PABEE settings live on the config, so `save_pretrained` keeps them: `config.patience` (0: no early exit),
     `config.regression_threshold` (regression: a change smaller than this counts as "the same prediction"),
-    `config.exit_pooling`, `config.layer_loss_weights` ("linear": PABEE's 1..L, or "uniform"), and, to compare
+    `config.exit_pooling`, `config.layer_loss_weights` (PABEE's "linear" 1..L, "uniform", or "last"), and, to compare
     PABEE with other exit rules on the same model, `config.exit_criterion` ("patience", "entropy" or "confidence")
     with its `config.exit_threshold`. Keyword arguments set them on the config (`from_pretrained(path, patience=3)`);
     `forward` takes the exit settings as keyword arguments to override them for one call.

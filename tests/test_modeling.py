@@ -903,3 +903,18 @@ def test_threshold_criteria_are_strict(variant):
         kwargs = dict(exit_criterion=criterion, exit_threshold=float(threshold))
         out = model(input_ids, attention_mask=attention_mask, **kwargs)
         assert out.exit_layers.tolist() == [num_layers] * len(LENGTHS), criterion
+
+
+def test_last_layer_loss_weights_are_plain_fine_tuning():
+    model = make_model("bert", 3, layer_loss_weights="last", **no_dropout("bert")).train()
+    input_ids, attention_mask, token_type_ids = make_batch()
+    labels = make_labels("classification", len(LENGTHS))
+    out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels)
+    with torch.no_grad():
+        layer_logits = plain_layer_logits(model, input_ids, attention_mask, token_type_ids)
+    torch.testing.assert_close(out.loss, nn.functional.cross_entropy(layer_logits[:, -1], labels), rtol=1e-5,
+                               atol=1e-6)
+    out.loss.backward()
+    # Only the last classifier learns; the others get zero gradient.
+    assert all(not classifier.weight.grad.any() for classifier in model.classifiers[:-1])
+    assert model.classifiers[-1].weight.grad.abs().sum() > 0

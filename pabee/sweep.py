@@ -1,0 +1,104 @@
+"""Evaluate a model over a sweep of exit settings, and write what the sweep found: results entries, trade-off
+plots, TensorBoard figures and GLUE test-set predictions. `args` is run_glue_with_pabee.py's parsed command line."""
+
+import os
+
+import numpy as np
+
+from .evaluation import ExitSetting, add_wall_speedups, answers, layer_metrics, predict, simulate, summarize
+from .glue import main_metric_name, submission_file_name, write_submission
+
+
+def exit_settings(args):
+    """The sweep: every --patience, then every threshold of a second --exit_criterion."""
+    settings = [ExitSetting("patience", patience) for patience in args.patience]
+    if args.exit_criterion != "patience":
+        settings += [ExitSetting(args.exit_criterion, threshold) for threshold in args.exit_thresholds]
+    return settings
+
+
+FULL_DEPTH = ExitSetting("patience", 0)
+
+
+def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=None):
+    """
+    Evaluate `model` at every exit setting on every eval set. Returns one result entry per (eval set, setting) and
+    the metrics of each internal classifier on its own, per eval set.
+    """
+    num_layers = model.config.num_hidden_layers
+    threshold = model.config.regression_threshold
+    entries, per_layer = [], []
+    for eval_set, dataloader in eval_dataloaders.items():
+        description = f"{checkpoint_name} {eval_set}"
+        # One pass through every layer gives each classifier's answers: the per-layer metrics, and each setting's
+        # exact answers by simulation. It also warms up, so start-up costs do not count against a timed run.
+        full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold),
+                             f"{description} every layer", all_layers=True)
+        per_layer.append({"checkpoint": checkpoint_name, "eval_set": eval_set,
+                          "layers": layer_metrics(args.task, full_depth)})
+        for setting in exit_settings(args):
+            simulated = simulate(full_depth, setting, threshold)
+            if args.sweep_from_one_pass:
+                predictions = simulated
+            else:
+                predictions = predict(model, dataloader, accelerator, setting.model_kwargs(threshold),
+                                      f"{description} {setting.label}")
+            entry = {"checkpoint": checkpoint_name, "step": step, "eval_set": eval_set, **setting.as_dict(),
+                     "regression_threshold": threshold if args.task.is_regression else None,
+                     "batch_size": args.per_gpu_eval_batch_size, "num_layers": num_layers}
+            entry.update(summarize(args.task, predictions, num_layers))
+            if not args.sweep_from_one_pass:
+                # Agreement of the real run with the one-pass simulation: 1.0 up to floating-point ties.
+                entry["simulation_agreement"] = float((simulated.exit_layers == predictions.exit_layers).mean())
+            entries.append(entry)
+    return add_wall_speedups(entries), per_layer
+
+
+def plot_results(args, entries, per_layer):
+    """One trade-off plot per (checkpoint, eval set), next to the results. Returns the paths written."""
+    from .plotting import plot_tradeoff  # matplotlib only where a plot is drawn
+
+    metric = main_metric_name(args.task)
+    paths = []
+    for layers in per_layer:
+        key = (layers["checkpoint"], layers["eval_set"])
+        points = [entry for entry in entries if (entry["checkpoint"], entry["eval_set"]) == key]
+        path = os.path.join(args.output_dir, f"tradeoff_{key[0]}_{key[1]}.png")
+        title = f"{args.task.name.upper()} {key[1]} ({key[0]})"
+        paths.append(plot_tradeoff(points, layers["layers"], metric, title, path))
+    return paths
+
+
+def write_test_predictions(args, accelerator, model, test_dataloaders):
+    """GLUE submission files for every exit setting, from one full-depth pass over each test split."""
+    threshold = model.config.regression_threshold
+    written = []
+    for split, dataloader in test_dataloaders.items():
+        full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold),
+                             f"test {split} every layer", all_layers=True)
+        if not accelerator.is_main_process:
+            continue
+        for setting in exit_settings(args):
+            folder = os.path.join(args.output_dir, "predictions", setting.slug)
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, submission_file_name(args.task, split))
+            write_submission(path, args.task, answers(args.task, simulate(full_depth, setting, threshold).logits))
+            written.append(path)
+    return written
+
+
+def log_evaluation(tb_writer, entries, per_layer, step):
+    """Metrics, exit layers (mean and histogram) per setting, and each layer's metrics, to TensorBoard."""
+    for entry in entries:
+        prefix = f"eval/{entry['eval_set']}/{ExitSetting.from_entry(entry).slug}"
+        for name, value in entry.get("metrics", {}).items():
+            tb_writer.add_scalar(f"{prefix}/{name}", value, step)
+        tb_writer.add_scalar(f"{prefix}/avg_exit_layer", entry["avg_exit_layer"], step)
+        layers, counts = zip(*((int(layer), count) for layer, count in entry["exit_histogram"].items()))
+        tb_writer.add_histogram(f"{prefix}/exit_layers", np.repeat(layers, counts), step,
+                                bins=np.arange(0.5, len(layers) + 1))
+    for layers in per_layer:
+        for row in layers["layers"]:
+            for name, value in row.items():
+                if name != "layer":
+                    tb_writer.add_scalar(f"eval/{layers['eval_set']}/layer_{row['layer']}/{name}", value, step)

@@ -1,0 +1,150 @@
+"""The training loop of run_glue_with_pabee.py: AdamW with linear warm-up and decay, gradient accumulation and
+clipping, through HF accelerate (devices, DistributedDataParallel, mixed precision, full training state), with
+atomic `checkpoint-N` folders that a restarted run resumes from exactly. `args` is the script's parsed command line.
+"""
+
+import json
+import logging
+import math
+import os
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+
+from .checkpoints import finish_checkpoint, read_trainer_state, start_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def make_optimizer(args, model):
+    """
+    AdamW with weight decay on every parameter except biases and LayerNorm weights; the internal classifiers'
+    learning rate is --classifier_lr_multiplier times the backbone's.
+    """
+    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+    groups = {}
+    for name, parameter in model.named_parameters():
+        decay = 0.0 if any(part in name for part in no_decay) else args.weight_decay
+        learning_rate = args.learning_rate * (args.classifier_lr_multiplier if name.startswith("classifiers.") else 1)
+        groups.setdefault((decay, learning_rate), []).append(parameter)
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": decay, "lr": lr} for (decay, lr), params in groups.items()],
+        lr=args.learning_rate,
+        eps=args.adam_epsilon,
+    )
+
+
+def save_checkpoint(args, accelerator, model, tokenizer, step, trainer_state):
+    """Save a resumable checkpoint-`step`, atomically (see pabee.checkpoints)."""
+    if accelerator.is_main_process:
+        path = start_checkpoint(args.output_dir, step)
+    accelerator.wait_for_everyone()
+    path = os.path.join(args.output_dir, f".checkpoint-{step}.partial")
+    accelerator.save_state(path)  # model weights (safetensors), optimizer, scheduler, RNG states, scaler
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).config.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        save_arguments(args, path)
+        final_path = finish_checkpoint(args.output_dir, step, trainer_state)
+        logger.info("Saved checkpoint %s", final_path)
+    accelerator.wait_for_everyone()
+
+
+def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, tb_writer=None, on_log=None):
+    """
+    Fine-tune `model` on `train_dataset` (resuming from checkpoint folder `resume_from` if given). Every
+    --logging_steps: loss and learning rate to `tb_writer`, then `on_log(unwrapped_model, step)` (evaluation during
+    training). Returns the unwrapped model and the number of optimiser steps done.
+    """
+    # Lengths in multiples of 8 let float16 matrix products use tensor cores.
+    pad_to_multiple_of = 8 if accelerator.mixed_precision == "fp16" else None
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+    # A generator of its own keeps the data order off the global RNG, which dropout uses: a resumed run then draws
+    # the same dropout masks as an uninterrupted one.
+    train_dataloader = DataLoader(train_dataset, shuffle=True, batch_size=args.per_gpu_train_batch_size,
+                                  collate_fn=collator, generator=torch.Generator().manual_seed(args.seed))
+    optimizer = make_optimizer(args, model)
+
+    batches_per_epoch = math.ceil(len(train_dataset) / (args.per_gpu_train_batch_size * accelerator.num_processes))
+    steps_per_epoch = max(1, batches_per_epoch // args.gradient_accumulation_steps)
+    if args.max_steps > 0:
+        total_steps = args.max_steps
+        num_epochs = math.ceil(total_steps / steps_per_epoch)
+    else:
+        total_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
+        num_epochs = math.ceil(args.num_train_epochs)
+    scheduler = get_linear_schedule_with_warmup(optimizer, args.warmup_steps, total_steps)
+    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
+
+    global_step, start_epoch, batches_done = 0, 0, 0
+    if resume_from:
+        accelerator.load_state(resume_from)
+        state = read_trainer_state(resume_from)
+        global_step, start_epoch, batches_done = state["global_step"], state["epoch"], state["batches_in_epoch"]
+        logger.info("Resuming from %s (step %d, epoch %d)", resume_from, global_step, start_epoch)
+
+    total_batch_size = args.per_gpu_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** Running training *****")
+    logger.info("  Num examples = %d", len(train_dataset))
+    logger.info("  Num epochs = %d", num_epochs)
+    logger.info("  Batch size per process = %d", args.per_gpu_train_batch_size)
+    logger.info("  Total train batch size (parallel, distributed & accumulation) = %d", total_batch_size)
+    logger.info("  Gradient accumulation steps = %d", args.gradient_accumulation_steps)
+    logger.info("  Total optimization steps = %d", total_steps)
+
+    progress = tqdm(total=total_steps, initial=global_step, desc="Training",
+                    disable=not accelerator.is_local_main_process)
+    logged_loss, loss_since_log, batches_since_log = 0.0, 0.0, 0
+    model.train()
+    for epoch in range(start_epoch, num_epochs):
+        if global_step >= total_steps:
+            break
+        train_dataloader.set_epoch(epoch)
+        skip = batches_done if epoch == start_epoch else 0
+        batches = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
+        for batch_index, batch in enumerate(batches, start=skip):
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            loss_since_log += loss.detach().float().item()
+            batches_since_log += 1
+            if not accelerator.sync_gradients:
+                continue
+
+            global_step += 1
+            progress.update(1)
+            if global_step % args.logging_steps == 0:
+                logged_loss = accelerator.reduce(
+                    torch.tensor(loss_since_log / batches_since_log, device=accelerator.device), reduction="mean"
+                ).item()
+                loss_since_log, batches_since_log = 0.0, 0
+                progress.set_postfix(loss=f"{logged_loss:.4f}")
+                if tb_writer is not None:
+                    tb_writer.add_scalar("train/loss", logged_loss, global_step)
+                    tb_writer.add_scalar("train/learning_rate", scheduler.get_last_lr()[0], global_step)
+                if on_log is not None:
+                    on_log(accelerator.unwrap_model(model), global_step)
+                    model.train()
+            if args.save_steps > 0 and global_step % args.save_steps == 0:
+                trainer_state = {"global_step": global_step, "epoch": epoch, "batches_in_epoch": batch_index + 1}
+                if batch_index + 1 == len(train_dataloader):
+                    trainer_state.update(epoch=epoch + 1, batches_in_epoch=0)
+                save_checkpoint(args, accelerator, model, tokenizer, global_step, trainer_state)
+            if global_step >= total_steps:
+                break
+    progress.close()
+    return accelerator.unwrap_model(model), global_step
+
+
+def save_arguments(args, path):
+    """The run's arguments as `training_args.json` in `path`, next to the model they produced."""
+    arguments = {key: value for key, value in vars(args).items() if key != "task"}
+    with open(os.path.join(path, "training_args.json"), "w") as file:
+        json.dump(arguments, file, indent=2)

@@ -23,9 +23,14 @@ def plot_tradeoff(entries, layer_metrics, metric, title, path):
         speedups = [e["layer_speedup"] for e in points]
         values = [e["metrics"][metric] for e in points]
         tradeoff.plot(speedups, values, marker=marker, label=criterion)
+        # Settings that land on the same point (e.g. patience 0 and patience >= L - 1) share one label.
+        labels = {}
         for entry, x, y in zip(points, speedups, values):
-            text = f"p={entry['patience']}" if criterion == "patience" else f"{entry['threshold']:g}"
-            tradeoff.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            text = f"{entry['patience']}" if criterion == "patience" else f"{entry['threshold']:g}"
+            labels.setdefault((round(x, 3), round(y, 4)), []).append(text)
+        for (x, y), texts in labels.items():
+            prefix = "p=" if criterion == "patience" else ""
+            tradeoff.annotate(prefix + ",".join(texts), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
 
     layers = [row["layer"] for row in layer_metrics]
     layer_values = [row[metric] for row in layer_metrics]

@@ -193,3 +193,18 @@ def changes(before, after, allowed_new_prefix=None):
     found += [f"{path} created" for path in after if path not in before
               and not (allowed_new_prefix and path.startswith(allowed_new_prefix))]
     return found
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running the program
+
+
+def run_main(argv):
+    """Run run_glue_with_pabee.py as the command line would; a SystemExit other than 0 fails with its code."""
+    import run_glue_with_pabee
+
+    try:
+        run_glue_with_pabee.main([str(arg) for arg in argv])
+    except SystemExit as exit:
+        if exit.code not in (0, None):
+            raise AssertionError(f"main() exited with {exit.code!r}") from None

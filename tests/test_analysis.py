@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer
 
 import run_glue_with_pabee
-from fixtures_glue import NUM_LAYERS, _sentence, save_tiny_model, write_glue_task
+from fixtures_glue import NUM_LAYERS, _sentence, run_main, save_tiny_model, write_glue_task
 from pabee import BertForSequenceClassificationWithPabee
 from pabee.glue import get_task, read_glue_split
 
@@ -65,26 +65,18 @@ def trained(tmp_path_factory):
             data_dir = write_glue_task(root / task, task)
             write_test_split(data_dir, task)
             output_dir = root / f"out-{task}"
-            run(["--model_name_or_path", model, "--task_name", task, "--data_dir", data_dir, "--output_dir",
-                 output_dir, "--do_train", "--max_steps", "30", "--learning_rate", "3e-3", "--save_steps", "0",
-                 "--max_seq_length", "32", "--no_cuda"])
+            run_main(["--model_name_or_path", model, "--task_name", task, "--data_dir", data_dir, "--output_dir",
+                      output_dir, "--do_train", "--max_steps", "30", "--learning_rate", "3e-3", "--save_steps", "0",
+                      "--max_seq_length", "32", "--no_cuda"])
             made[task] = (data_dir, output_dir)
         return made[task]
 
     return get
 
 
-def run(argv):
-    try:
-        run_glue_with_pabee.main([str(arg) for arg in argv])
-    except SystemExit as exit:
-        if exit.code not in (0, None):
-            raise AssertionError(f"main() exited with {exit.code!r}") from None
-
-
 def evaluate(data_dir, output_dir, *extra):
-    run(["--task_name", "sst-2", "--data_dir", data_dir, "--output_dir", output_dir, "--do_eval",
-         "--max_seq_length", "32", "--no_cuda", "--per_gpu_eval_batch_size", "5", *extra])
+    run_main(["--task_name", "sst-2", "--data_dir", data_dir, "--output_dir", output_dir, "--do_eval",
+              "--max_seq_length", "32", "--no_cuda", "--per_gpu_eval_batch_size", "5", *extra])
     with open(os.path.join(output_dir, "eval_results.json")) as file:
         return json.load(file)["runs"][-1]
 
@@ -141,8 +133,8 @@ def test_per_layer_metrics_and_plot(trained, tmp_path):
 def test_do_predict_writes_glue_submission_files(trained, tmp_path, task):
     data_dir, trained_dir = trained(task)
     output_dir = copy_of(trained_dir, tmp_path)
-    run(["--task_name", task, "--data_dir", data_dir, "--output_dir", output_dir, "--do_predict",
-         "--patience", "0,2", "--max_seq_length", "32", "--no_cuda", "--per_gpu_eval_batch_size", "6"])
+    run_main(["--task_name", task, "--data_dir", data_dir, "--output_dir", output_dir, "--do_predict",
+              "--patience", "0,2", "--max_seq_length", "32", "--no_cuda", "--per_gpu_eval_batch_size", "6"])
 
     glue_task = get_task(task)
     model = BertForSequenceClassificationWithPabee.from_pretrained(output_dir).eval()

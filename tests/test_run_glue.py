@@ -29,6 +29,7 @@ from fixtures_glue import (
     TASK_FOLDERS,
     TASK_METRICS,
     changes,
+    run_main,
     save_tiny_model,
     snapshot,
     write_glue_task,
@@ -97,15 +98,6 @@ def eval_args(glue, task, output_dir, *extra):
     """Evaluate the model saved in `output_dir` (no --model_name_or_path, as in the reference inference command)."""
     return ["--task_name", TASK_FOLDERS[task], "--data_dir", str(glue[task]), "--output_dir", str(output_dir),
             "--do_eval", "--max_seq_length", "32", "--no_cuda", *extra]
-
-
-def run_main(argv):
-    """Run the program as the command line would; a SystemExit other than 0 fails the test with its message."""
-    try:
-        run_glue_with_pabee.main([str(arg) for arg in argv])
-    except SystemExit as exit:
-        if exit.code not in (0, None):
-            raise AssertionError(f"main() exited with {exit.code!r}") from None
 
 
 @pytest.fixture(scope="session")

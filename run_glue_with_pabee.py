@@ -577,6 +577,11 @@ def run(args):
         if accelerator.is_main_process:
             logger.info("Test predictions written to %s", ", ".join(sorted({os.path.dirname(p) for p in written})))
 
+    # Every process waits for the main one to finish writing, then the process group is closed cleanly (a process
+    # that exits with it open can abort at interpreter shutdown).
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
 
 if __name__ == "__main__":
     main()

@@ -75,7 +75,11 @@ def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, 
     else:
         total_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
         num_epochs = math.ceil(args.num_train_epochs)
-    scheduler = get_linear_schedule_with_warmup(optimizer, args.warmup_steps, total_steps)
+    # accelerate steps a prepared scheduler once per process at every optimiser step (it expects schedules counted
+    # in single-process batches), so the schedule's lengths are counted that way too.
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, args.warmup_steps * accelerator.num_processes, total_steps * accelerator.num_processes
+    )
     model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
 
     global_step, start_epoch, batches_done = 0, 0, 0

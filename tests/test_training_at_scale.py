@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from fixtures_glue import save_tiny_model, snapshot, write_glue_task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LEARNING_RATE = 1e-3
 SCRIPT = str(REPO_ROOT / "run_glue_with_pabee.py")
 # One thread per process: two processes share two cores, and tiny matrices gain nothing from more.
 ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -34,7 +36,7 @@ def setup(tmp_path_factory):
 def command(setup, output_dir, *extra):
     return ["--model_name_or_path", setup["model"], "--task_name", "SST-2", "--data_dir", setup["data"],
             "--output_dir", str(output_dir), "--max_seq_length", "32", "--per_gpu_train_batch_size", "4",
-            "--learning_rate", "1e-3", "--no_cuda", "--logging_steps", "5", *extra]
+            "--learning_rate", str(LEARNING_RATE), "--no_cuda", "--logging_steps", "5", *extra]
 
 
 def run_script(arguments, launcher=(sys.executable,), check=True):
@@ -131,6 +133,9 @@ def test_torchrun_two_processes(setup, tmp_path):
     assert sorted(name for name in os.listdir(output_dir) if name.startswith("checkpoint-")) == [
         "checkpoint-3", "checkpoint-6"]
     assert len(list((output_dir / "runs").iterdir())) == 1
+    # The learning rate decays linearly over the 6 steps: half-way at step 3, whatever the number of processes.
+    scheduler = torch.load(output_dir / "checkpoint-3" / "scheduler.bin", weights_only=True)
+    assert scheduler["_last_lr"][0] == pytest.approx(LEARNING_RATE / 2)
 
     # The distributed evaluation's figures equal a single process's on the same model.
     run_script(["--task_name", "SST-2", "--data_dir", setup["data"], "--output_dir", output_dir, "--do_eval",

@@ -337,8 +337,11 @@ def load_splits(args, splits, tokenizer, model_type):
     """Tokenised features of every split, each file read and checked before any cache is written."""
     cache_dir = os.path.join(args.cache_dir or args.output_dir, "cached_features")
     sources = {split: split_loader(args, split) for split in splits}
-    return load_feature_sets(args.task, sources, tokenizer, args.max_seq_length, model_type, cache_dir,
-                             overwrite_cache=args.overwrite_cache)
+    try:
+        return load_feature_sets(args.task, sources, tokenizer, args.max_seq_length, model_type, cache_dir,
+                                 overwrite_cache=args.overwrite_cache)
+    except ValueError as error:  # a malformed row, an unknown label, an unsupported file type
+        raise InputError(first_line(error))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -516,25 +519,26 @@ def run(args):
                                                     collate_fn=collator))
         (test_dataloaders if split in args.task.test_splits else eval_dataloaders)[split] = dataloader
 
-    # Train
-    if args.do_train:
-        if args.overwrite_output_dir and accelerator.is_main_process:
+    # Output folder and TensorBoard (training loss and learning rate, and every evaluation's figures)
+    if args.do_train and accelerator.is_main_process:
+        if args.overwrite_output_dir:
             for checkpoint in list_checkpoints(args.output_dir):
                 shutil.rmtree(checkpoint)
-        if accelerator.is_main_process:
-            os.makedirs(args.output_dir, exist_ok=True)
-            remove_stale_partials(args.output_dir)
-        tb_writer = None
-        if accelerator.is_main_process:
-            from tensorboardX import SummaryWriter
+        os.makedirs(args.output_dir, exist_ok=True)
+        remove_stale_partials(args.output_dir)
+    tb_writer = None
+    if accelerator.is_main_process and (args.do_train or args.do_eval):
+        from tensorboardX import SummaryWriter
 
-            tb_writer = SummaryWriter(os.path.join(args.output_dir, "runs"))
+        tb_writer = SummaryWriter(os.path.join(args.output_dir, "runs"))
+
+    # Train
+    global_step = 0
+    if args.do_train:
         on_log = evaluate_during_training(args, accelerator, eval_dataloaders, tb_writer) \
             if args.evaluate_during_training else None
         model, global_step = train(args, accelerator, model, tokenizer, features["train"], resume_from, tb_writer,
                                    on_log)
-        if tb_writer is not None:
-            tb_writer.close()
 
         # Save
         if accelerator.is_main_process:
@@ -565,6 +569,8 @@ def run(args):
             )
             entries += checkpoint_entries
             per_layer += checkpoint_layers
+            if tb_writer is not None:
+                log_evaluation(tb_writer, checkpoint_entries, checkpoint_layers, global_step if step is None else step)
         if accelerator.is_main_process:
             json_path, table_path = save_results(args.output_dir, entries, run_info(args), per_layer)
             plots = plot_results(args, entries, per_layer)
@@ -579,6 +585,8 @@ def run(args):
 
     # Every process waits for the main one to finish writing, then the process group is closed cleanly (a process
     # that exits with it open can abort at interpreter shutdown).
+    if tb_writer is not None:
+        tb_writer.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

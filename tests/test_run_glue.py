@@ -171,6 +171,15 @@ def test_train_then_patience_sweep_writes_everything(trained, task):
     scalars = tensorboard_scalars(event_files[0])
     assert scalars["train/loss"] == [2, 4, 6]
     assert scalars["train/learning_rate"] == [2, 4, 6]
+    # ...and the final evaluation at step 6: per setting its metrics, mean exit layer and exit histogram; per layer
+    # each classifier's metrics.
+    for eval_set in TASK_EVAL_SETS[task]:
+        for patience in PATIENCES:
+            prefix = f"eval/{eval_set}/patience_{patience}"
+            assert scalars[f"{prefix}/avg_exit_layer"] == [6] and scalars[f"{prefix}/exit_layers"] == [6]
+            assert all(scalars[f"{prefix}/{metric}"] == [6] for metric in TASK_METRICS[task])
+        for layer in range(1, NUM_LAYERS + 1):
+            assert all(scalars[f"eval/{eval_set}/layer_{layer}/{metric}"] == [6] for metric in TASK_METRICS[task])
 
     # A resumable checkpoint every --save_steps (3).
     checkpoints = sorted(path.name for path in output_dir.glob("checkpoint-*"))
@@ -647,3 +656,24 @@ def test_help_explains_patience_and_threshold(capsys):
                  "save_steps", "eval_all_checkpoints", "no_cuda", "overwrite_output_dir", "overwrite_cache", "seed",
                  "local_rank", "fp16"):
         assert f"--{flag}" in text, flag
+
+
+@pytest.mark.parametrize("train_rows, validation_name, words", [
+    ("sentence,label\na good film,1\na dull film,maybe\n", "dev.csv", ["unknown label", "maybe"]),
+    ("sentence,label\na good film,1\n", "dev.txt", ["dev.txt", "unsupported file type"]),
+])
+def test_bad_csv_or_json_files_are_one_line_errors(models, tmp_path, train_rows, validation_name, words):
+    (tmp_path / "train.csv").write_text(train_rows)
+    (tmp_path / validation_name).write_text("sentence,label\nfine,1\n")
+    output_dir = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit:
+        run_glue_with_pabee.main([
+            "--task_name", "sst-2", "--train_file", str(tmp_path / "train.csv"), "--validation_file",
+            str(tmp_path / validation_name), "--model_name_or_path", str(models["bert"]), "--output_dir",
+            str(output_dir), "--do_train", "--do_eval", "--no_cuda", "--max_seq_length", "32",
+        ])
+    # sys.exit("run_glue_with_pabee.py: error: ...") prints that one line and exits with 1.
+    line = str(exit.value.code)
+    assert line.startswith("run_glue_with_pabee.py: error:") and "\n" not in line
+    assert all(word in line for word in words), line
+    assert not output_dir.exists()

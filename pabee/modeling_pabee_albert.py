@@ -23,7 +23,9 @@ i * num_hidden_groups // num_hidden_layers, exactly as `AlbertModel` does.
 This file needs only torch and transformers: copy it into your own project as it is. The early-exit code is the
 same as in modeling_pabee_bert.py (utils/check_copies.py keeps the two in step).
 
+    from transformers import AutoTokenizer
     from pabee.modeling_pabee_albert import AlbertForSequenceClassificationWithPabee
+    tokenizer = AutoTokenizer.from_pretrained("albert-base-v2")
     model = AlbertForSequenceClassificationWithPabee.from_pretrained("albert-base-v2", num_labels=2, patience=3)
     output = model.eval()(**tokenizer(["a fine film"], return_tensors="pt"))
     output.logits, output.exit_layers
@@ -88,7 +90,7 @@ def check_pabee_settings(
     num_labels=None,
 ):
     """Raise a `ValueError` that says how to fix a bad early-exit setting."""
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+    if not is_non_negative_integer(patience):
         raise ValueError(f"patience must be an integer >= 0 (0 disables early exit), got {patience!r}")
     if not is_non_negative_number(regression_threshold):
         raise ValueError(f"regression_threshold must be a number >= 0, got {regression_threshold!r}")
@@ -112,6 +114,17 @@ def check_pabee_settings(
 # Copied from pabee.modeling_pabee_bert.is_non_negative_number
 def is_non_negative_number(value):
     return not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0  # NaN fails `>= 0`
+
+
+# Copied from pabee.modeling_pabee_bert.is_non_negative_integer
+def is_non_negative_integer(value):
+    """Python, numpy or 0-d torch integers (anything with `__index__`), but not bools."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or getattr(value, "dtype", None) == torch.bool:
+        return False
+    try:
+        return value.__index__() >= 0
+    except TypeError:  # e.g. a torch tensor of several values, or of floats
+        return False
 
 
 # Copied from pabee.modeling_pabee_bert.update_patience_counters
@@ -171,6 +184,8 @@ def simulate_exit_layers(all_layer_logits, patience, regression_threshold, exit_
     if exit_criterion == "patience":
         return patience_exit_layers(all_layer_logits, patience, regression_threshold)
     num_layers = all_layer_logits.shape[1]
+    if num_layers == 1:  # the only layer answers
+        return torch.ones(all_layer_logits.shape[0], dtype=torch.long, device=all_layer_logits.device)
     exits = confident_exits(all_layer_logits[:, :-1], exit_criterion, exit_threshold)  # (batch, num_layers - 1)
     first_exit = exits.int().argmax(dim=-1) + 1  # argmax returns the first of equal maxima
     return torch.where(exits.any(dim=-1), first_exit, torch.full_like(first_exit, num_layers))
@@ -285,6 +300,7 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
         if config.num_labels < 1:
             raise ValueError(f"num_labels must be >= 1 (1 means regression), got {config.num_labels}")
         check_pabee_settings(**{name: getattr(config, name) for name in PABEE_DEFAULTS}, num_labels=config.num_labels)
+        config.patience = config.patience.__index__()  # a plain int, so that the config saves as JSON
         self.num_labels = config.num_labels
 
         self.albert = AlbertModelWithPabee(config)
@@ -330,6 +346,7 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
             layer_loss_weights=config.layer_loss_weights,
             num_labels=self.num_labels,
         )
+        exit_settings["patience"] = exit_settings["patience"].__index__()  # e.g. a numpy integer from a sweep
 
         backbone = self.base_model
         hidden_states = backbone.embed(input_ids, token_type_ids, position_ids, inputs_embeds)

@@ -9,11 +9,14 @@ patience rule on top of the plain backbone (minGPT style), save then load.
 
 import ast
 import copy
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from transformers import (
     AlbertConfig,
@@ -629,6 +632,42 @@ def test_state_dict_follows_reference_layout(variant, tmp_path):
         assert set(f.keys()) == keys
 
 
+@pytest.mark.parametrize("variant", ["bert", "albert_groups2"])
+@torch.no_grad()
+def test_checkpoint_in_the_reference_format_loads_and_answers_the_same(variant, tmp_path):
+    """
+    A checkpoint as the reference implementation saves it: its state dict (backbone under bert./albert., one
+    classifiers.{i} per layer) and a config with none of our PABEE settings. It loads without missing or unexpected
+    keys, and answers as the reference's rule on the same weights; saving it again keeps the reference's keys.
+    """
+    trained = make_model(variant, 3)
+    state = {key: value.contiguous() for key, value in trained.state_dict().items()}
+    config = make_config(variant, 3).to_dict()
+    config["architectures"] = [type(trained).__name__]
+    for name in ("patience", "regression_threshold", "exit_pooling", "exit_criterion", "exit_threshold",
+                 "layer_loss_weights"):
+        config.pop(name, None)
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    (reference_dir / "config.json").write_text(json.dumps(config))
+    save_file(state, reference_dir / "model.safetensors", metadata={"format": "pt"})
+
+    model, info = type(trained).from_pretrained(reference_dir, patience=2, output_loading_info=True)
+    assert not info["missing_keys"]
+    assert not info["unexpected_keys"]
+    input_ids, attention_mask, token_type_ids = make_batch()
+    ours = model.eval()(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    for b in range(len(LENGTHS)):
+        layer_logits = plain_layer_logits(trained, **example_inputs(input_ids, attention_mask, token_type_ids, b))[0]
+        exit_layer, logits = reference_patience_rule(list(layer_logits), 2, 0.1)
+        assert int(ours.exit_layers[b]) == exit_layer
+        torch.testing.assert_close(ours.logits[b], logits, rtol=0, atol=1e-5)
+
+    model.save_pretrained(tmp_path / "ours")
+    with safe_open(tmp_path / "ours" / "model.safetensors", "pt") as f:
+        assert set(f.keys()) == set(state)
+
+
 @pytest.mark.parametrize("plain_class", ["for_sequence_classification", "model"])
 @pytest.mark.parametrize("variant", ["bert", "albert"])
 @torch.no_grad()
@@ -719,6 +758,22 @@ def test_bad_patience_raises(variant, patience):
     input_ids, attention_mask, _ = make_batch()
     with pytest.raises(ValueError, match="patience must be an integer"):
         model(input_ids, attention_mask=attention_mask, patience=patience)
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@pytest.mark.parametrize("patience", [np.int64(2), torch.tensor(2)], ids=["numpy", "torch"])
+@torch.no_grad()
+def test_numpy_and_torch_integer_patience_act_as_int(variant, patience):
+    input_ids, attention_mask, _ = make_batch()
+    expected = make_model(variant, 3)(input_ids, attention_mask=attention_mask, patience=2)
+    model = make_model(variant, 3, patience=patience)
+    assert type(model.config.patience) is int and model.config.patience == 2  # so the config still saves as JSON
+    assert torch.equal(model(input_ids, attention_mask=attention_mask).exit_layers, expected.exit_layers)
+    assert torch.equal(make_model(variant, 3)(input_ids, attention_mask=attention_mask, patience=patience).exit_layers,
+                       expected.exit_layers)
+    for bad in (np.float64(2.0), torch.tensor([1, 2]), torch.tensor(True), np.int64(-1)):
+        with pytest.raises(ValueError, match="patience must be an integer"):
+            model(input_ids, attention_mask=attention_mask, patience=bad)
 
 
 @pytest.mark.parametrize("variant", ["bert", "albert"])
@@ -826,6 +881,20 @@ def test_threshold_criteria_batched_equal_one_at_a_time_and_the_rule_by_hand(var
         torch.testing.assert_close(simulated.logits, batched.logits, rtol=0, atol=1e-5)
         spread = spread or has_spread(batched.exit_layers, num_layers)
     assert spread, "no threshold gave examples different exit layers"
+
+
+@pytest.mark.parametrize("criterion, threshold", [("entropy", 0.5), ("confidence", 0.5), ("patience", None)])
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@torch.no_grad()
+def test_one_layer_model_answers_with_its_only_classifier(variant, criterion, threshold):
+    model = make_model(variant, 3, num_hidden_layers=1)
+    input_ids, attention_mask, _ = make_batch()
+    kwargs = dict(exit_criterion=criterion, exit_threshold=threshold, patience=1)
+    real = model(input_ids, attention_mask=attention_mask, **kwargs)
+    simulated = model(input_ids, attention_mask=attention_mask, output_all_layer_logits=True, **kwargs)
+    assert real.exit_layers.tolist() == simulated.exit_layers.tolist() == [1] * len(LENGTHS)
+    torch.testing.assert_close(simulated.logits, real.logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(simulated.all_layer_logits[:, 0], real.logits, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["bert", "albert"])

@@ -38,6 +38,7 @@ import datasets
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding
 
@@ -48,10 +49,11 @@ from pabee.checkpoints import (
     holds_model,
     list_checkpoints,
     read_trainer_state,
+    is_partial_checkpoint,
     remove_stale_partials,
     verify_checkpoint,
 )
-from pabee.evaluation import format_table, save_results
+from pabee.evaluation import format_table, read_earlier_runs, save_results
 from pabee.features import file_identity, load_feature_sets
 from pabee.glue import (
     GLUE_TASKS,
@@ -246,8 +248,13 @@ def parse_args(argv=None):
     hardware.add_argument("--bf16", action="store_true", help="Mixed precision with bfloat16 (CPU or CUDA).")
     hardware.add_argument("--fp16_opt_level", type=str, default=None,
                           help="Accepted for compatibility with the NVIDIA apex version of this script; ignored.")
-    hardware.add_argument("--local_rank", type=int, default=-1,
-                          help="Set by torch.distributed.launch; torchrun sets LOCAL_RANK instead.")
+    hardware.add_argument("--local_rank", "--local-rank", type=int, default=-1,
+                          help="Set by torch.distributed.launch (as --local-rank since torch 2.0); torchrun sets "
+                               "LOCAL_RANK instead.")
+    hardware.add_argument("--server_ip", type=str, default="",
+                          help="Accepted for compatibility with the reference script (remote debugging); ignored.")
+    hardware.add_argument("--server_port", type=str, default="",
+                          help="Accepted for compatibility with the reference script (remote debugging); ignored.")
 
     args = parser.parse_args(argv)
 
@@ -379,7 +386,7 @@ def load_model(args, path, for_training):
         raise InputError(f"the model in {path} has {config.num_labels} labels but {task.name} needs {task.num_labels}")
     try:
         return MODEL_CLASSES[config.model_type].from_pretrained(path, config=config, cache_dir=args.cache_dir)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # missing, or damaged weights
         raise InputError(f"cannot load the model from {path!r}: {first_line(error)}")
 
 
@@ -423,7 +430,7 @@ def evaluate_during_training(args, accelerator, eval_dataloaders, tb_writer):
 
 def run_info(args):
     return {"started": args.started, "task": args.task.name, "metric": main_metric_name(args.task),
-            "command": " ".join(["run_glue_with_pabee.py"] + args.argv), "model": args.model_name_or_path}
+            "command": " ".join(["run_glue_with_pabee.py"] + args.argv), "model": args.start_path}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -432,8 +439,13 @@ def run_info(args):
 
 def check_output_dir(args):
     """Decide, before anything is written, what --output_dir means: a fresh start, a resume, or a model to evaluate."""
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise InputError(f"--output_dir {args.output_dir} is a file, not a folder")
+    # What a run writes before its first checkpoint (feature caches, TensorBoard logs, a checkpoint cut short) does
+    # not make the folder "not empty": the same command, started again, starts over.
     exists_with_files = os.path.isdir(args.output_dir) and any(
-        name != "cached_features" for name in os.listdir(args.output_dir)
+        name not in ("cached_features", "runs") and not is_partial_checkpoint(name)
+        for name in os.listdir(args.output_dir)
     )
     resume_from = None
     if args.do_train and args.resume_from_checkpoint:
@@ -453,6 +465,11 @@ def check_output_dir(args):
         except DamagedCheckpointError as error:
             raise InputError(f"cannot resume: {error}. Delete {resume_from} to resume from an earlier checkpoint, "
                              "or pass --overwrite_output_dir to start over")
+    if args.do_train or args.do_eval:
+        try:
+            read_earlier_runs(args.output_dir)
+        except ValueError as error:
+            raise InputError(str(error))
     if not args.do_train and not holds_model(args.output_dir):
         raise InputError(f"--do_eval and --do_predict without --do_train use the model saved in --output_dir, but "
                          f"{args.output_dir} holds none (no config.json and model.safetensors)")
@@ -492,7 +509,7 @@ def run(args):
     resume_from = check_output_dir(args)
     if args.do_train:
         check_model_path(args.model_name_or_path, "--model_name_or_path")
-    start_path = args.model_name_or_path if args.do_train else args.output_dir
+    start_path = args.start_path = args.model_name_or_path if args.do_train else args.output_dir
     config = load_config(args, start_path)
     tokenizer = load_tokenizer(args, start_path)
     if args.max_seq_length > config.max_position_embeddings:

@@ -64,12 +64,17 @@ def read_trainer_state(checkpoint_dir):
         return json.load(file)
 
 
+def is_partial_checkpoint(name):
+    """Whether a folder name is that of a checkpoint still being written (or cut short by a kill)."""
+    return name.startswith(".checkpoint-") and name.endswith(".partial")
+
+
 def remove_stale_partials(output_dir):
     """Remove temporary checkpoint folders left by a run that was killed while saving."""
     if not os.path.isdir(output_dir):
         return
     for name in os.listdir(output_dir):
-        if name.startswith(".checkpoint-") and name.endswith(".partial"):
+        if is_partial_checkpoint(name):
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 

@@ -15,6 +15,7 @@ from .modeling_pabee_bert import simulate_exit_layers
 
 RESULTS_JSON = "eval_results.json"
 RESULTS_TABLE = "eval_results.txt"
+EARLIER_RESULTS_TABLE = "eval_results.earlier.txt"
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,25 @@ def _write_atomically(path, text):
     os.replace(partial_path, path)
 
 
+def read_earlier_runs(output_dir):
+    """
+    The runs already kept in `eval_results.json` in `output_dir` ([] if there is none). An unreadable file raises a
+    `ValueError` naming it: a run checks this before it starts, so that it never ends unable to keep its results.
+    """
+    json_path = os.path.join(output_dir, RESULTS_JSON)
+    if not os.path.exists(json_path):
+        return []
+    try:
+        with open(json_path) as file:
+            runs = json.load(file)["runs"]
+        if not isinstance(runs, list):
+            raise TypeError("'runs' is not a list")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{json_path} is not a results file this program can add to ({error}); move it away to "
+                         "keep it and start a new one") from None
+    return runs
+
+
 def save_results(output_dir, run_entries, run_info, layer_results=()):
     """
     Add this run's entries, and the per-layer metrics of each evaluated (checkpoint, eval set), to
@@ -210,10 +230,11 @@ def save_results(output_dir, run_entries, run_info, layer_results=()):
     `eval_results.txt`, the same results as tables, one per run. Returns the paths written.
     """
     json_path = os.path.join(output_dir, RESULTS_JSON)
-    runs = []
-    if os.path.exists(json_path):
-        with open(json_path) as file:
-            runs = json.load(file).get("runs", [])
+    table_path = os.path.join(output_dir, RESULTS_TABLE)
+    runs = read_earlier_runs(output_dir)
+    if not runs and os.path.exists(table_path):
+        # A table with no JSON beside it was written by something else (e.g. the reference script): keep it.
+        os.replace(table_path, os.path.join(output_dir, EARLIER_RESULTS_TABLE))
     runs.append({**run_info, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "entries": run_entries, "layer_metrics": list(layer_results)})
     _write_atomically(json_path, json.dumps({"runs": runs}, indent=2) + "\n")
@@ -221,6 +242,5 @@ def save_results(output_dir, run_entries, run_info, layer_results=()):
     tables = [
         f"Run started {run['started']} ({run['task']}):\n{format_table(run['entries'], run['metric'])}" for run in runs
     ]
-    table_path = os.path.join(output_dir, RESULTS_TABLE)
     _write_atomically(table_path, "\n\n".join(tables) + "\n")
     return json_path, table_path

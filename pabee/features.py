@@ -22,7 +22,15 @@ def tokenizer_fingerprint(tokenizer):
     folder name but not a vocabulary get different caches.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    description = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # Truncation and padding are per-call settings that tokenising leaves in the serialised tokenizer (and so in a
+        # saved one): they do not change what the cache holds, which is tokenised with explicit settings.
+        description = json.loads(backend.to_str())
+        description.pop("truncation", None)
+        description.pop("padding", None)
+        description = json.dumps(description, sort_keys=True)
+    else:
+        description = json.dumps(sorted(tokenizer.get_vocab().items()))
     identity = [
         type(tokenizer).__name__,
         description,

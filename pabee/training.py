@@ -68,7 +68,8 @@ def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, 
     optimizer = make_optimizer(args, model)
 
     batches_per_epoch = math.ceil(len(train_dataset) / (args.per_gpu_train_batch_size * accelerator.num_processes))
-    steps_per_epoch = max(1, batches_per_epoch // args.gradient_accumulation_steps)
+    # accelerate also steps the optimiser on an epoch's last batch, when fewer than --gradient_accumulation_steps remain.
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     if args.max_steps > 0:
         total_steps = args.max_steps
         num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -84,7 +85,7 @@ def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, 
 
     global_step, start_epoch, batches_done = 0, 0, 0
     if resume_from:
-        accelerator.load_state(resume_from)
+        accelerator.load_state(resume_from, load_kwargs={"weights_only": True})  # tensors only, never code
         state = read_trainer_state(resume_from)
         global_step, start_epoch, batches_done = state["global_step"], state["epoch"], state["batches_in_epoch"]
         logger.info("Resuming from %s (step %d, epoch %d)", resume_from, global_step, start_epoch)

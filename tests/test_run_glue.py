@@ -338,8 +338,27 @@ def test_eval_only_uses_the_threshold_saved_with_the_model(trained, glue, tmp_pa
 def test_results_record_the_command_given_to_main(trained, glue, tmp_path):
     output_dir = copy_of(trained("sst-2"), tmp_path)
     run_main(eval_args(glue, "sst-2", output_dir, "--patience", "3", "--per_gpu_eval_batch_size", "11"))
-    command = read_runs(output_dir)[-1]["command"]
-    assert "--per_gpu_eval_batch_size 11" in command and "--patience 3" in command
+    run = read_runs(output_dir)[-1]
+    assert "--per_gpu_eval_batch_size 11" in run["command"] and "--patience 3" in run["command"]
+    assert run["model"] == str(output_dir)  # the model evaluated, not the default backbone
+
+
+def test_evaluation_reuses_the_features_cached_by_training(trained, glue, tmp_path):
+    output_dir = copy_of(trained("sst-2"), tmp_path)
+    cached = sorted(path.name for path in (output_dir / "cached_features").iterdir())
+    assert any("_dev_" in name for name in cached)
+    run_main(eval_args(glue, "sst-2", output_dir, "--patience", "2"))  # with the tokenizer saved by training
+    assert sorted(path.name for path in (output_dir / "cached_features").iterdir()) == cached
+
+
+def test_results_table_of_another_program_is_kept(trained, glue, tmp_path):
+    output_dir = copy_of(trained("sst-2"), tmp_path)
+    os.remove(output_dir / "eval_results.json")
+    (output_dir / "eval_results.txt").write_text("acc = 0.5\n")  # as the reference script writes it
+    run_main(eval_args(glue, "sst-2", output_dir, "--patience", "2"))
+    assert (output_dir / "eval_results.earlier.txt").read_text() == "acc = 0.5\n"
+    assert "patience 2" in (output_dir / "eval_results.txt").read_text()
+    assert len(read_runs(output_dir)) == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -424,6 +443,44 @@ def test_overwrite_output_dir_trains_into_a_folder_without_checkpoints(models, g
     run_main([*args, "--overwrite_output_dir"])
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "checkpoint-3").is_dir()
     assert (output_dir / "notes.txt").read_text() == "mine\n"
+
+
+def test_run_killed_before_its_first_checkpoint_starts_again_with_the_same_command(models, glue, tmp_path, caplog):
+    args = base_args(models["bert"], glue["sst-2"], "sst-2", tmp_path / "out", "--do_train", "--max_steps", "3")
+    run_main(args)
+    # What a run killed while writing its first checkpoint leaves: caches, TensorBoard logs, a partial checkpoint.
+    output_dir = tmp_path / "killed"
+    output_dir.mkdir()
+    for name in ("cached_features", "runs"):
+        shutil.copytree(tmp_path / "out" / name, output_dir / name)
+    shutil.copytree(tmp_path / "out" / "checkpoint-3", output_dir / ".checkpoint-3.partial")
+    os.remove(output_dir / ".checkpoint-3.partial" / "trainer_state.json")
+
+    with caplog.at_level(logging.INFO):
+        run_main([*args[:args.index("--output_dir") + 1], str(output_dir), *args[args.index("--output_dir") + 2:]])
+    assert not any("Resuming from" in message for message in caplog.messages)
+    assert not (output_dir / ".checkpoint-3.partial").exists()
+    assert (output_dir / "model.safetensors").is_file() and (output_dir / "checkpoint-3").is_dir()
+
+
+def test_gradient_accumulation_takes_every_epoch_whole(models, glue, tmp_path, caplog):
+    # 40 examples in batches of 8 give 5 batches an epoch: with accumulation 2, steps after batches 2, 4 and 5.
+    output_dir = tmp_path / "out"
+    args = base_args(models["bert"], glue["sst-2"], "sst-2", output_dir, "--do_train", "--num_train_epochs", "2",
+                     "--gradient_accumulation_steps", "2")
+    with caplog.at_level(logging.INFO):
+        run_main(args)
+    assert any("Total optimization steps = 6" in message for message in caplog.messages)
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())["epoch"] == 1
+    last = json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())
+    assert (last["global_step"], last["epoch"], last["batches_in_epoch"]) == (6, 2, 0)
+
+
+def test_old_launcher_spelling_of_local_rank():
+    for flag in ("--local_rank=1", "--local-rank=1"):
+        args = run_glue_with_pabee.parse_args(["--task_name", "SST-2", "--do_eval", "--output_dir", "out", flag])
+        assert args.local_rank == 1
 
 
 def test_overwrite_output_dir_starts_over(models, glue, trained, tmp_path, caplog):
@@ -517,6 +574,22 @@ def _without_data_dir_offline(m, g, t, o):
     return args[:index] + args[index + 2:], ["sst2"]
 
 
+def _damaged_weights(m, g, t, o):
+    weights = o / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    return eval_args(g, "sst-2", o), ["cannot load the model", str(o)]
+
+
+def _output_dir_is_a_file(m, g, t, o):
+    o.write_text("not a folder\n")
+    return _train(m, g, "sst-2", o), ["output_dir", "is a file"]
+
+
+def _unreadable_results(m, g, t, o):
+    (o / "eval_results.json").write_text('{"runs": [')  # cut short
+    return eval_args(g, "sst-2", o), ["eval_results.json", "move it away"]
+
+
 def _short_row(task, file_name, line, row):
     def make(m, g, t, o):
         data_dir = copy_task(g, task, t)
@@ -575,6 +648,9 @@ BAD_INPUTS = {
         eval_args(g, "sst-2", o), ["holds none", str(o)])),
     "do_eval of a model for another task": ("trained", lambda m, g, t, o: (
         eval_args(g, "mnli", o), ["labels", "mnli"])),
+    "damaged model weights": ("trained", _damaged_weights),
+    "output_dir is a file": ("absent", _output_dir_is_a_file),
+    "unreadable eval_results.json": ("trained", _unreadable_results),
     "short SST-2 train row": ("trained", _short_row("sst-2", "train.tsv", 5, ["a sentence without its label"])),
     "short STS-B dev row (no score)": ("trained:sts-b", _short_dev_row(
         "sts-b", "dev.tsv", 3, ["2", "main-captions", "MSRvid", "2012test", "0002", "none", "none", "a b", "c d"])),

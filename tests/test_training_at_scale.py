@@ -146,3 +146,16 @@ def test_torchrun_two_processes(setup, tmp_path):
         assert ddp_entry["examples"] == entry["examples"]
         assert ddp_entry["exit_histogram"] == entry["exit_histogram"]
         assert ddp_entry["metrics"] == pytest.approx(entry["metrics"])
+
+
+def test_old_launcher_two_processes(setup, tmp_path):
+    # torch.distributed.launch passes each process its rank as `--local-rank=N` (`--local_rank` before torch 2.0).
+    output_dir = tmp_path / "launch"
+    launch = (sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port",
+              str(free_port()))
+    result = run_script(command(setup, output_dir, "--do_train", "--do_eval", "--max_steps", "2", "--save_steps",
+                                "0", "--patience", "0,2"), launcher=launch)
+    assert "Total train batch size (parallel, distributed & accumulation) = 8" in result.stderr
+    runs = json.loads((output_dir / "eval_results.json").read_text())["runs"]
+    assert len(runs) == 1 and len(runs[0]["entries"]) == 2
+    assert (output_dir / "model.safetensors").is_file()

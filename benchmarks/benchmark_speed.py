@@ -9,6 +9,8 @@ returns. Every comparison is timed inside one run: warm-up first, then the conte
 (A, B, B, A, ...), the median of `--repeats` rounds reported and stated as a ratio. Sections:
 
 1. forced_exit_batch1: batch 1, every example exits at layer k (k = 2..L) against the same model at full depth.
+   exit_cost_batch1: where the time that batch-1 early exit loses goes, per layer: the backbone's layers alone, then
+   with each layer's internal classifier, then the whole early-exit forward (classifiers, patience rule, bookkeeping).
 2. batched_early_exit: batches of examples whose exit layers spread over patience+1..L, against full depth; and
    early exit at batch 32 against the same examples one at a time.
 3. full_depth_vs_transformers: patience 0 against transformers' BertForSequenceClassification, same weights.
@@ -45,6 +47,7 @@ TINY_SETTINGS = dict(shapes=["tiny"], train_shapes=["tiny"], seq_len=16, repeats
                      eval_batch_size=8, num_threads=1)
 TARGETS = {
     "forced_exit_batch1": "efficiency >= 0.97 at every exit layer",
+    "exit_cost_batch1": "(what limits forced_exit_batch1: a breakdown, no target of its own)",
     "batched_early_exit": "efficiency >= 0.95 at batch 32",
     "full_depth_vs_transformers": "time ratio <= 1.02",
     "training_step": "time ratio <= 1.10",
@@ -244,6 +247,50 @@ def bench_forced_exit(model, args, device):
     return {"full_depth_time_s": full, "rows": rows, "times_s": times}
 
 
+@torch.no_grad()
+def bench_exit_cost(model, args, device):
+    """
+    Section 1b: the cost of the early-exit machinery at batch 1, per layer, against the layer itself. Three loops over
+    all L layers, interleaved: the backbone's layers alone (what a forward can never avoid), the same with each
+    layer's internal classifier (pooling + linear), and the model's early-exit forward with constant classifiers and
+    patience L - 1 (every classifier and every patience update run, nobody exits before layer L).
+    """
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask = make_inputs(1, args.seq_len, model.config.vocab_size, args.seed, device)
+    set_constant_classifiers(model)
+    backbone = model.base_model
+
+    def layers(classify):
+        with torch.inference_mode():
+            hidden_states = backbone.embed(input_ids)
+            layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
+            for index in range(num_layers):
+                hidden_states = backbone.run_layer(index, hidden_states, layer_attention_mask)
+                if classify:
+                    model.classifiers[index](backbone.pool(hidden_states, attention_mask))
+
+    check_exit_layers(measured_exit_layers(model, input_ids, attention_mask, num_layers - 1, 1),
+                      torch.tensor([num_layers]), "constant classifiers with patience L - 1")
+    times = compare({"layers": lambda: layers(classify=False),
+                     "layers_and_classifiers": lambda: layers(classify=True),
+                     "early_exit_forward": lambda: inference(model, input_ids, attention_mask,
+                                                             patience=num_layers - 1)},
+                    2 * args.repeats + 1, device)  # per-layer costs are small: more rounds than elsewhere
+    layers_time, classifiers_time, forward_time = (median(times[name]) for name in times)
+    layer = layers_time / num_layers
+    row = {"layer_ms": 1e3 * layer,
+           "classifier_us_per_layer": 1e6 * (classifiers_time - layers_time) / num_layers,
+           "exit_rule_us_per_layer": 1e6 * (forward_time - classifiers_time) / num_layers}
+    row["classifier_share"] = row["classifier_us_per_layer"] / (1e3 * row["layer_ms"])
+    row["exit_rule_share"] = row["exit_rule_us_per_layer"] / (1e3 * row["layer_ms"])
+    # If nothing but this per-layer cost were lost, an exit at layer k would be (L / k) * layer / (layer + cost)
+    # faster than full depth: the efficiency the machinery allows.
+    row["efficiency_bound"] = 1 / (1 + row["classifier_share"] + row["exit_rule_share"])
+    print_table(f"1b. cost of the exit machinery at batch 1, per layer ({2 * args.repeats + 1} rounds)", [row],
+                list(row))
+    return {**row, "times_s": times}
+
+
 def bench_batched_early_exit(model, args, device):
     """Section 2: per-example exit layers spread over patience+1..L; returns the inputs and patience for section 5."""
     num_layers = model.config.num_hidden_layers
@@ -423,7 +470,7 @@ def run_benchmark(args):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train_shapes = args.train_shapes or (args.shapes if device.type == "cuda" or args.tiny else ["minilm"])
     results = {"machine": machine_info(device), "settings": {**vars(args), "train_shapes": train_shapes},
-               "targets": TARGETS, "forced_exit_batch1": {}, "batched_early_exit": {},
+               "targets": TARGETS, "forced_exit_batch1": {}, "exit_cost_batch1": {}, "batched_early_exit": {},
                "full_depth_vs_transformers": {}, "training_step": {}, "eval_peak_memory": {}}
     print(f"***** PABEE speed benchmark on {device} ({results['machine']['cpu_model']}, "
           f"{torch.get_num_threads()} threads) *****", flush=True)
@@ -432,6 +479,7 @@ def run_benchmark(args):
         print(f"\n===== {shape}: {SHAPES[shape]}, sequence length {args.seq_len} =====", flush=True)
         model, plain = make_models(shape, args.seed, device)
         results["forced_exit_batch1"][shape] = bench_forced_exit(model, args, device)
+        results["exit_cost_batch1"][shape] = bench_exit_cost(model, args, device)
         results["batched_early_exit"][shape], spread_inputs = bench_batched_early_exit(model, args, device)
         results["full_depth_vs_transformers"][shape] = bench_against_transformers(model, plain, args, device)
         results["eval_peak_memory"][shape] = bench_eval_memory(model, plain, spread_inputs, device)

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 
+import matplotlib.image
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -127,6 +128,10 @@ def test_per_layer_metrics_and_plot(trained, tmp_path):
     plot = output_dir / "tradeoff_final_dev.png"
     data = plot.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
+    image = matplotlib.image.imread(plot)  # decodes the whole file: a truncated or corrupt PNG raises
+    height, width = image.shape[:2]
+    assert width > height > 200  # two panels side by side
+    assert image[..., :3].std() > 0.05  # something is drawn, not a blank canvas
 
 
 @pytest.mark.parametrize("task", ["sst-2", "mnli"])

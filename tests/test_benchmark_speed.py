@@ -77,6 +77,13 @@ def test_tiny_run_writes_every_section(benchmark, tmp_path):
         assert 1 < row["mean_exit_layer"] < num_layers
     assert results["batched_early_exit"]["tiny"]["rows"][-1]["layer_speedup"] > 1
 
+    # The breakdown of the batch-1 cost: differences of timings, so on a tiny model they may come out negative.
+    cost = results["exit_cost_batch1"]["tiny"]
+    assert cost["layer_ms"] > 0 and cost["efficiency_bound"] > 0
+    assert set(cost["times_s"]) == {"layers", "layers_and_classifiers", "early_exit_forward"}
+    assert all(len(times) == 2 * 2 + 1 and min(times) > 0 for times in cost["times_s"].values())
+    assert cost["classifier_share"] == pytest.approx(cost["classifier_us_per_layer"] / (1e3 * cost["layer_ms"]))
+
     assert [row["batch_size"] for row in results["full_depth_vs_transformers"]["tiny"]["rows"]] == [1, 8]
     assert results["training_step"]["tiny"]["time_ratio"] > 0
     assert results["eval_peak_memory"]["tiny"]["transformers_peak_mib"] > 0

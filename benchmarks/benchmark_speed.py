@@ -9,8 +9,7 @@ returns. Every comparison is timed inside one run: warm-up first, then the conte
 (A, B, B, A, ...), the median of `--repeats` rounds reported and stated as a ratio. Sections:
 
 1. forced_exit_batch1: batch 1, every example exits at layer k (k = 2..L) against the same model at full depth.
-   exit_cost_batch1: where the time that batch-1 early exit loses goes, per layer: the backbone's layers alone, then
-   with each layer's internal classifier, then the whole early-exit forward (classifiers, patience rule, bookkeeping).
+   exit_cost_batch1: where that time goes, per layer: the layer itself, its internal classifier, the patience rule.
 2. batched_early_exit: batches of examples whose exit layers spread over patience+1..L, against full depth; and
    early exit at batch 32 against the same examples one at a time.
 3. full_depth_vs_transformers: patience 0 against transformers' BertForSequenceClassification, same weights.
@@ -35,7 +34,11 @@ import transformers
 from transformers import BertConfig, BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, when run as a script
-from pabee.modeling_pabee_bert import BertForSequenceClassificationWithPabee  # noqa: E402
+from pabee.modeling_pabee_bert import (  # noqa: E402
+    BertForSequenceClassificationWithPabee,
+    drop_padding_columns,
+    update_patience_counters,
+)
 
 SHAPES = {
     "bert-base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
@@ -247,48 +250,76 @@ def bench_forced_exit(model, args, device):
     return {"full_depth_time_s": full, "rows": rows, "times_s": times}
 
 
-@torch.no_grad()
 def bench_exit_cost(model, args, device):
     """
-    Section 1b: the cost of the early-exit machinery at batch 1, per layer, against the layer itself. Three loops over
-    all L layers, interleaved: the backbone's layers alone (what a forward can never avoid), the same with each
-    layer's internal classifier (pooling + linear), and the model's early-exit forward with constant classifiers and
-    patience L - 1 (every classifier and every patience update run, nobody exits before layer L).
+    Section 1b: where batch-1 early exit spends its time, per layer. The early-exit loop is run instrumented: the
+    model's own calls (a layer, the layer's internal classifier, the patience update and exit test) each timed with
+    the clock, over a forward in which nobody exits before layer L (constant classifiers, patience L - 1), so every
+    part runs at every layer. Medians over rounds; the instrumented loop's total is checked against the real forward.
     """
     num_layers = model.config.num_hidden_layers
+    patience = num_layers - 1
     input_ids, attention_mask = make_inputs(1, args.seq_len, model.config.vocab_size, args.seed, device)
     set_constant_classifiers(model)
     backbone = model.base_model
+    threshold = model.config.regression_threshold
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
-    def layers(classify):
-        with torch.inference_mode():
-            hidden_states = backbone.embed(input_ids)
-            layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
-            for index in range(num_layers):
-                hidden_states = backbone.run_layer(index, hidden_states, layer_attention_mask)
-                if classify:
-                    model.classifiers[index](backbone.pool(hidden_states, attention_mask))
+    def clock():
+        sync()
+        return time.perf_counter()
 
-    check_exit_layers(measured_exit_layers(model, input_ids, attention_mask, num_layers - 1, 1),
+    @torch.inference_mode()
+    def instrumented():
+        seconds = {"layers": 0.0, "classifiers": 0.0, "exit_rule": 0.0}
+        begin = clock()
+        hidden_states = backbone.embed(input_ids)
+        hidden_states, mask = drop_padding_columns(hidden_states, attention_mask)
+        layer_attention_mask = backbone.layer_attention_mask(hidden_states, mask)
+        counters = torch.zeros(1, dtype=torch.long, device=device)
+        previous_logits = None
+        seconds["embeddings"] = clock() - begin
+        for index in range(num_layers):
+            start = clock()
+            hidden_states = backbone.run_layer(index, hidden_states, layer_attention_mask)
+            layer_done = clock()
+            logits = model._classify(index, hidden_states, mask)
+            classifier_done = clock()
+            if previous_logits is not None:
+                counters = update_patience_counters(counters, previous_logits, logits, threshold)
+            previous_logits = logits
+            bool((counters == patience).any())  # the exit test, which the loop needs on the host
+            seconds["layers"] += layer_done - start
+            seconds["classifiers"] += classifier_done - layer_done
+            seconds["exit_rule"] += clock() - classifier_done
+        seconds["total"] = clock() - begin
+        return seconds
+
+    check_exit_layers(measured_exit_layers(model, input_ids, attention_mask, patience, 1),
                       torch.tensor([num_layers]), "constant classifiers with patience L - 1")
-    times = compare({"layers": lambda: layers(classify=False),
-                     "layers_and_classifiers": lambda: layers(classify=True),
-                     "early_exit_forward": lambda: inference(model, input_ids, attention_mask,
-                                                             patience=num_layers - 1)},
-                    2 * args.repeats + 1, device)  # per-layer costs are small: more rounds than elsewhere
-    layers_time, classifiers_time, forward_time = (median(times[name]) for name in times)
-    layer = layers_time / num_layers
+    rounds = 2 * args.repeats + 1  # the parts are small: more rounds than elsewhere
+    print(f"    timing the parts of the early-exit loop ({rounds} rounds)", flush=True)
+    forward = lambda: inference(model, input_ids, attention_mask, patience=patience)  # noqa: E731
+    for _ in range(2):
+        instrumented(), forward()  # warm-up
+    parts, forward_times = [], []
+    for _ in range(rounds):
+        parts.append(instrumented())
+        forward_times.append(time_call(forward, device))
+    part = {name: median(round_parts[name] for round_parts in parts) for name in parts[0]}
+    layer = part["layers"] / num_layers
     row = {"layer_ms": 1e3 * layer,
-           "classifier_us_per_layer": 1e6 * (classifiers_time - layers_time) / num_layers,
-           "exit_rule_us_per_layer": 1e6 * (forward_time - classifiers_time) / num_layers}
-    row["classifier_share"] = row["classifier_us_per_layer"] / (1e3 * row["layer_ms"])
-    row["exit_rule_share"] = row["exit_rule_us_per_layer"] / (1e3 * row["layer_ms"])
-    # If nothing but this per-layer cost were lost, an exit at layer k would be (L / k) * layer / (layer + cost)
-    # faster than full depth: the efficiency the machinery allows.
+           "classifier_us_per_layer": 1e6 * part["classifiers"] / num_layers,
+           "exit_rule_us_per_layer": 1e6 * part["exit_rule"] / num_layers,
+           "embeddings_ms": 1e3 * part["embeddings"]}
+    row["classifier_share"] = part["classifiers"] / part["layers"]
+    row["exit_rule_share"] = part["exit_rule"] / part["layers"]
+    # Were nothing lost but these per-layer costs, an exit at layer k would be (L / k) * layer / (layer + costs)
+    # faster than full depth (which runs no classifier): the efficiency the machinery allows.
     row["efficiency_bound"] = 1 / (1 + row["classifier_share"] + row["exit_rule_share"])
-    print_table(f"1b. cost of the exit machinery at batch 1, per layer ({2 * args.repeats + 1} rounds)", [row],
-                list(row))
-    return {**row, "times_s": times}
+    row["instrumented_over_forward"] = part["total"] / median(forward_times)
+    print_table("1b. where batch-1 early exit spends its time, per layer", [row], list(row))
+    return {**row, "seconds": {"instrumented": parts, "forward": forward_times}}
 
 
 def bench_batched_early_exit(model, args, device):

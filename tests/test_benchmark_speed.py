@@ -16,7 +16,7 @@ import torch
 from pabee.modeling_pabee_bert import patience_exit_layers
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_speed.py"
-SECTIONS = ["forced_exit_batch1", "batched_early_exit", "full_depth_vs_transformers", "training_step",
+SECTIONS = ["forced_exit_batch1", "exit_cost_batch1", "batched_early_exit", "full_depth_vs_transformers", "training_step",
             "eval_peak_memory"]
 
 
@@ -77,12 +77,17 @@ def test_tiny_run_writes_every_section(benchmark, tmp_path):
         assert 1 < row["mean_exit_layer"] < num_layers
     assert results["batched_early_exit"]["tiny"]["rows"][-1]["layer_speedup"] > 1
 
-    # The breakdown of the batch-1 cost: differences of timings, so on a tiny model they may come out negative.
+    # The breakdown of the batch-1 time: every part timed in every round, shares of the layer's time.
     cost = results["exit_cost_batch1"]["tiny"]
-    assert cost["layer_ms"] > 0 and cost["efficiency_bound"] > 0
-    assert set(cost["times_s"]) == {"layers", "layers_and_classifiers", "early_exit_forward"}
-    assert all(len(times) == 2 * 2 + 1 and min(times) > 0 for times in cost["times_s"].values())
+    rounds = cost["seconds"]["instrumented"]
+    assert len(rounds) == len(cost["seconds"]["forward"]) == 2 * 2 + 1
+    for parts in rounds:
+        assert set(parts) == {"embeddings", "layers", "classifiers", "exit_rule", "total"}
+        assert all(seconds > 0 for seconds in parts.values())
+        assert parts["total"] >= parts["embeddings"] + parts["layers"] + parts["classifiers"] + parts["exit_rule"]
     assert cost["classifier_share"] == pytest.approx(cost["classifier_us_per_layer"] / (1e3 * cost["layer_ms"]))
+    assert cost["efficiency_bound"] == pytest.approx(
+        1 / (1 + cost["classifier_share"] + cost["exit_rule_share"]))
 
     assert [row["batch_size"] for row in results["full_depth_vs_transformers"]["tiny"]["rows"]] == [1, 8]
     assert results["training_step"]["tiny"]["time_ratio"] > 0

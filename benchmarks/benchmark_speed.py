@@ -10,6 +10,7 @@ returns. Every comparison is timed inside one run: warm-up first, then the conte
 
 1. forced_exit_batch1: batch 1, every example exits at layer k (k = 2..L) against the same model at full depth.
    exit_cost_batch1: where that time goes, per layer: the layer itself, its internal classifier, the patience rule.
+   Both for each way the classifiers read a layer (--exit_poolings): the pooler (the paper's) and the mean.
 2. batched_early_exit: batches of examples whose exit layers spread over patience+1..L, against full depth; and
    early exit at batch 32 against the same examples one at a time.
 3. full_depth_vs_transformers: patience 0 against transformers' BertForSequenceClassification, same weights.
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from pabee.modeling_pabee_bert import (  # noqa: E402
     BertForSequenceClassificationWithPabee,
     drop_padding_columns,
+    exit_predictions,
     update_patience_counters,
 )
 
@@ -65,6 +67,9 @@ def parse_args(argv=None):
                         help="Comma-separated shapes for the training-step section. Default: minilm on CPU (a "
                              "BERT-base step at batch 32, length 128 takes tens of seconds on 2 CPU cores), --shapes "
                              "on a GPU.")
+    parser.add_argument("--exit_poolings", default="pooler,mean",
+                        help="Comma-separated exit poolings for the batch-1 sections (pooler: the paper's, over the "
+                             "first token; mean: over all tokens). The other sections use the pooler.")
     parser.add_argument("--seq_len", type=int, default=128, help="Sequence length of every input (no padding).")
     parser.add_argument("--repeats", type=int, default=7, help="Timed rounds per comparison; the median is reported.")
     parser.add_argument("--batch_sizes", default="8,32,128",
@@ -86,6 +91,9 @@ def parse_args(argv=None):
     args.shapes = args.shapes.split(",")
     args.train_shapes = args.train_shapes.split(",") if args.train_shapes else None
     args.batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    args.exit_poolings = args.exit_poolings.split(",")
+    if not set(args.exit_poolings) <= {"pooler", "mean"}:
+        parser.error(f"--exit_poolings: choose from pooler, mean; got {','.join(args.exit_poolings)}")
     if args.tiny:
         vars(args).update(copy.deepcopy(TINY_SETTINGS))
     for shape in args.shapes + (args.train_shapes or []):
@@ -225,7 +233,10 @@ def check_exit_layers(measured, wanted, what):
 
 
 def bench_forced_exit(model, args, device):
-    """Section 1: batch 1, exit forced at layer k by constant classifiers with patience k - 1."""
+    """
+    Section 1: batch 1, exit forced at layer k by constant classifiers with patience k - 1. At k = L the model runs as
+    at full depth (patience L - 1 can only exit at the last layer, so it skips the classifiers).
+    """
     num_layers = model.config.num_hidden_layers
     input_ids, attention_mask = make_inputs(1, args.seq_len, model.config.vocab_size, args.seed, device)
     set_constant_classifiers(model)
@@ -254,13 +265,17 @@ def bench_exit_cost(model, args, device):
     """
     Section 1b: where batch-1 early exit spends its time, per layer. The early-exit loop is run instrumented: the
     model's own calls (a layer, the layer's internal classifier, the patience update and exit test) each timed with
-    the clock, over a forward in which nobody exits before layer L (constant classifiers, patience L - 1), so every
-    part runs at every layer. Medians over rounds; the instrumented loop's total is checked against the real forward.
+    the clock, over a forward in which the example exits at the last layer L, so that every part runs at every layer:
+    layer 1's classifier predicts class 1 and all others class 0, so with patience L - 2 the counter first reaches
+    the patience at layer L. (With patience L - 1 the model skips the classifiers: no exit before layer L can happen.)
+    Medians over rounds; the instrumented loop's total is checked against the real forward.
     """
     num_layers = model.config.num_hidden_layers
-    patience = num_layers - 1
+    patience = num_layers - 2
     input_ids, attention_mask = make_inputs(1, args.seq_len, model.config.vocab_size, args.seed, device)
     set_constant_classifiers(model)
+    with torch.no_grad():
+        model.classifiers[0].bias.copy_(torch.tensor([0.0, 1.0]))
     backbone = model.base_model
     threshold = model.config.regression_threshold
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
@@ -276,18 +291,20 @@ def bench_exit_cost(model, args, device):
         hidden_states = backbone.embed(input_ids)
         hidden_states, mask = drop_padding_columns(hidden_states, attention_mask)
         layer_attention_mask = backbone.layer_attention_mask(hidden_states, mask)
+        pooling_weights = backbone.pooling_weights(hidden_states, mask)
         counters = torch.zeros(1, dtype=torch.long, device=device)
-        previous_logits = None
+        previous_predictions = None
         seconds["embeddings"] = clock() - begin
         for index in range(num_layers):
             start = clock()
             hidden_states = backbone.run_layer(index, hidden_states, layer_attention_mask)
             layer_done = clock()
-            logits = model._classify(index, hidden_states, mask)
+            logits = model._classify(index, hidden_states, pooling_weights)
             classifier_done = clock()
-            if previous_logits is not None:
-                counters = update_patience_counters(counters, previous_logits, logits, threshold)
-            previous_logits = logits
+            predictions = exit_predictions(logits)
+            if previous_predictions is not None:
+                counters = update_patience_counters(counters, previous_predictions, predictions, threshold)
+            previous_predictions = predictions
             bool((counters == patience).any())  # the exit test, which the loop needs on the host
             seconds["layers"] += layer_done - start
             seconds["classifiers"] += classifier_done - layer_done
@@ -296,7 +313,7 @@ def bench_exit_cost(model, args, device):
         return seconds
 
     check_exit_layers(measured_exit_layers(model, input_ids, attention_mask, patience, 1),
-                      torch.tensor([num_layers]), "constant classifiers with patience L - 1")
+                      torch.tensor([num_layers]), "layer 1 disagreeing, patience L - 2")
     rounds = 2 * args.repeats + 1  # the parts are small: more rounds than elsewhere
     print(f"    timing the parts of the early-exit loop ({rounds} rounds)", flush=True)
     forward = lambda: inference(model, input_ids, attention_mask, patience=patience)  # noqa: E731
@@ -509,8 +526,13 @@ def run_benchmark(args):
     for shape in args.shapes:
         print(f"\n===== {shape}: {SHAPES[shape]}, sequence length {args.seq_len} =====", flush=True)
         model, plain = make_models(shape, args.seed, device)
-        results["forced_exit_batch1"][shape] = bench_forced_exit(model, args, device)
-        results["exit_cost_batch1"][shape] = bench_exit_cost(model, args, device)
+        results["forced_exit_batch1"][shape], results["exit_cost_batch1"][shape] = {}, {}
+        for pooling in args.exit_poolings:
+            print(f"\n  --- internal classifiers over the {pooling} ---", flush=True)
+            model.config.exit_pooling = pooling
+            results["forced_exit_batch1"][shape][pooling] = bench_forced_exit(model, args, device)
+            results["exit_cost_batch1"][shape][pooling] = bench_exit_cost(model, args, device)
+        model.config.exit_pooling = "pooler"
         results["batched_early_exit"][shape], spread_inputs = bench_batched_early_exit(model, args, device)
         results["full_depth_vs_transformers"][shape] = bench_against_transformers(model, plain, args, device)
         results["eval_peak_memory"][shape] = bench_eval_memory(model, plain, spread_inputs, device)

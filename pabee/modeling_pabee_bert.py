@@ -117,17 +117,25 @@ def is_non_negative_integer(value):
         return False
 
 
-def update_patience_counters(counters, previous_logits, logits, regression_threshold):
+def exit_predictions(logits):
+    """
+    What the patience rule compares from layer to layer, from logits `(..., num_labels)`: the predicted class, or the
+    score when there is one logit (regression).
+    """
+    return logits[..., 0] if logits.shape[-1] == 1 else logits.argmax(dim=-1)
+
+
+def update_patience_counters(counters, previous_predictions, predictions, regression_threshold):
     """
     One step of the patience rule for a batch: `counters[b]` counts how many times in a row example b's prediction
-    stayed the same. Classification compares argmaxes; regression (one logit) counts a change smaller than
-    `regression_threshold` (strictly) as "the same".
+    (see `exit_predictions`) stayed the same. Classes must be equal; a score counts as "the same" when it changed by
+    less than `regression_threshold` (strictly).
     """
-    if logits.shape[-1] == 1:
-        unchanged = (logits - previous_logits).abs().squeeze(-1) < regression_threshold
+    if predictions.is_floating_point():
+        unchanged = (predictions - previous_predictions).abs() < regression_threshold
     else:
-        unchanged = logits.argmax(dim=-1) == previous_logits.argmax(dim=-1)
-    return torch.where(unchanged, counters + 1, torch.zeros_like(counters))
+        unchanged = predictions == previous_predictions
+    return (counters + 1) * unchanged  # a change resets the counter to 0
 
 
 def patience_exit_layers(all_layer_logits, patience, regression_threshold):
@@ -140,10 +148,10 @@ def patience_exit_layers(all_layer_logits, patience, regression_threshold):
     if patience == 0:
         return exit_layers
     counters = torch.zeros(batch_size, dtype=torch.long, device=all_layer_logits.device)
+    predictions = exit_predictions(all_layer_logits)  # (batch_size, num_layers)
     for layer in range(1, num_layers):
-        counters = update_patience_counters(
-            counters, all_layer_logits[:, layer - 1], all_layer_logits[:, layer], regression_threshold
-        )
+        counters = update_patience_counters(counters, predictions[:, layer - 1], predictions[:, layer],
+                                            regression_threshold)
         first_time = (counters == patience) & (exit_layers == num_layers)
         exit_layers[first_time] = layer + 1
     return exit_layers
@@ -239,19 +247,33 @@ class BertModelWithPabee(BertModel):
         """Layer `index` (0-based) of the encoder."""
         return self.encoder.layer[index](hidden_states, layer_attention_mask)
 
-    def pool(self, hidden_states, attention_mask):
+    def pooling_weights(self, hidden_states, attention_mask):
+        """
+        What `pool` needs besides a layer's hidden states, made once for a batch rather than at every layer: for
+        "mean" pooling, `(batch_size, 1, seq_len)` weights that average over the real tokens; None otherwise.
+        """
+        if getattr(self.config, "exit_pooling", "pooler") != "mean":
+            return None
+        return mean_pooling_weights(hidden_states, attention_mask)
+
+    def pool(self, hidden_states, pooling_weights):
         """What an internal classifier reads from a layer's hidden states: `(batch_size, hidden_size)`."""
         if getattr(self.config, "exit_pooling", "pooler") == "mean":
-            return masked_mean(hidden_states, attention_mask)
+            return torch.matmul(pooling_weights, hidden_states).squeeze(1)  # (batch, 1, seq) @ (batch, seq, hidden)
         return self.pooler(hidden_states)
 
 
-def masked_mean(hidden_states, attention_mask):
-    """Mean of `(batch_size, seq_len, hidden_size)` over the positions where `attention_mask` is 1."""
+def mean_pooling_weights(hidden_states, attention_mask):
+    """
+    `(batch_size, 1, seq_len)` weights, in the dtype of `hidden_states`, whose product with a layer's hidden states
+    `(batch_size, seq_len, hidden_size)` is their mean over the positions where `attention_mask` is 1 (all positions
+    without a mask).
+    """
+    batch_size, seq_len = hidden_states.shape[:2]
     if attention_mask is None:
-        return hidden_states.mean(dim=1)
-    weights = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
-    return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return hidden_states.new_full((batch_size, 1, seq_len), 1.0 / seq_len)
+    weights = attention_mask.to(hidden_states.dtype).unsqueeze(1)
+    return weights / weights.sum(dim=-1, keepdim=True).clamp(min=1.0)
 
 
 class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
@@ -357,19 +379,22 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
             all_layer_logits=all_layer_logits if output_all_layer_logits else None,
         )
 
-    def _classify(self, index, hidden_states, attention_mask):
+    def _classify(self, index, hidden_states, pooling_weights):
         """Logits of internal classifier `index` (0-based): `(batch_size, num_labels)`."""
-        pooled_output = self.base_model.pool(hidden_states, attention_mask)
-        return self.classifiers[index](self.dropout(pooled_output))
+        pooled_output = self.base_model.pool(hidden_states, pooling_weights)
+        if self.training:  # dropout is the identity in evaluation: skip the call, which costs at every layer
+            pooled_output = self.dropout(pooled_output)
+        return self.classifiers[index](pooled_output)
 
     def _run_all_layers(self, hidden_states, attention_mask):
         """Every classifier's logits for every example: `(batch_size, num_layers, num_labels)`."""
         backbone = self.base_model
         layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
+        pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
         all_layer_logits = []
         for index in range(len(self.classifiers)):
             hidden_states = backbone.run_layer(index, hidden_states, layer_attention_mask)
-            all_layer_logits.append(self._classify(index, hidden_states, attention_mask))
+            all_layer_logits.append(self._classify(index, hidden_states, pooling_weights))
         return torch.stack(all_layer_logits, dim=1)
 
     def _run_with_early_exit(
@@ -382,23 +407,25 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
         backbone = self.base_model
         num_layers = len(self.classifiers)
         batch_size = hidden_states.shape[0]
-        # With patience 0, or patience >= num_layers (the counter can reach at most num_layers - 1), nobody exits
-        # early: skip the intermediate classifiers so full depth costs what the plain model costs.
-        can_exit_early = 0 < patience < num_layers if exit_criterion == "patience" else num_layers > 1
+        # With patience 0, or patience >= num_layers - 1 (the counter reaches num_layers - 1 at the last layer at the
+        # earliest, whose answer full depth gives anyway), nobody exits early: skip the intermediate classifiers so
+        # full depth costs what the plain model costs.
+        can_exit_early = 0 < patience < num_layers - 1 if exit_criterion == "patience" else num_layers > 1
 
         logits = None
         exit_layers = torch.full((batch_size,), num_layers, dtype=torch.long, device=hidden_states.device)
         active = torch.arange(batch_size, device=hidden_states.device)  # original positions of the running examples
         counters = torch.zeros_like(active)
-        previous_logits = None
+        previous_predictions = None
         layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
+        pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
 
         for index in range(num_layers):
             hidden_states = backbone.run_layer(index, hidden_states, layer_attention_mask)
             is_last = index == num_layers - 1
             if not (can_exit_early or is_last):
                 continue
-            layer_logits = self._classify(index, hidden_states, attention_mask)  # (active, num_labels)
+            layer_logits = self._classify(index, hidden_states, pooling_weights)  # (active, num_labels)
             if logits is None:
                 logits = layer_logits.new_zeros(batch_size, layer_logits.shape[-1])
             if is_last:
@@ -406,9 +433,11 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
                 break
 
             if exit_criterion == "patience":
-                if previous_logits is not None:
-                    counters = update_patience_counters(counters, previous_logits, layer_logits, regression_threshold)
-                previous_logits = layer_logits
+                predictions = exit_predictions(layer_logits)
+                if previous_predictions is not None:
+                    counters = update_patience_counters(counters, previous_predictions, predictions,
+                                                        regression_threshold)
+                previous_predictions = predictions
                 done = counters == patience
             else:
                 done = confident_exits(layer_logits, exit_criterion, exit_threshold)
@@ -420,11 +449,12 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
                 break
             running = ~done
             active, counters = active[running], counters[running]
-            previous_logits = previous_logits[running] if previous_logits is not None else None
+            previous_predictions = previous_predictions[running] if previous_predictions is not None else None
             hidden_states = hidden_states[running]
             attention_mask = attention_mask[running] if attention_mask is not None else None
             hidden_states, attention_mask = drop_padding_columns(hidden_states, attention_mask)
             layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
+            pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
 
         return logits, exit_layers
 

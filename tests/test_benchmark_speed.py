@@ -65,11 +65,12 @@ def test_tiny_run_writes_every_section(benchmark, tmp_path):
         assert figures and all(figure == figure and figure >= 0 for figure in figures), section  # no NaN
 
     num_layers = benchmark.SHAPES["tiny"]["num_hidden_layers"]
-    forced = results["forced_exit_batch1"]["tiny"]["rows"]
-    assert [row["exit_layer"] for row in forced] == list(range(2, num_layers + 1))
-    for row in forced:
-        assert row["measured_mean_exit_layer"] == row["exit_layer"]
-        assert row["efficiency"] > 0
+    for pooling in ("pooler", "mean"):
+        forced = results["forced_exit_batch1"]["tiny"][pooling]["rows"]
+        assert [row["exit_layer"] for row in forced] == list(range(2, num_layers + 1))
+        for row in forced:
+            assert row["measured_mean_exit_layer"] == row["exit_layer"]
+            assert row["efficiency"] > 0
 
     batched = results["batched_early_exit"]["tiny"]
     assert [row["batch_size"] for row in batched["rows"]] == [2, 4, 8]
@@ -78,7 +79,8 @@ def test_tiny_run_writes_every_section(benchmark, tmp_path):
     assert results["batched_early_exit"]["tiny"]["rows"][-1]["layer_speedup"] > 1
 
     # The breakdown of the batch-1 time: every part timed in every round, shares of the layer's time.
-    cost = results["exit_cost_batch1"]["tiny"]
+    assert list(results["exit_cost_batch1"]["tiny"]) == ["pooler", "mean"]
+    cost = results["exit_cost_batch1"]["tiny"]["mean"]
     rounds = cost["seconds"]["instrumented"]
     assert len(rounds) == len(cost["seconds"]["forward"]) == 2 * 2 + 1
     for parts in rounds:

@@ -78,7 +78,7 @@ def marker_line(path, name):
     "old, new, name",
     [
         # a changed line inside a copied function
-        ("unchanged, counters + 1, ", "unchanged, counters + 2, ", "update_patience_counters"),
+        ("return (counters + 1) * unchanged", "return (counters + 2) * unchanged", "update_patience_counters"),
         # inside the copied class (compared after the Bert->Albert renaming)
         ("if done.all():\n                break\n", "if done.all():\n                pass\n", CLASS),
         # the renaming is applied: a name left as in the original is a difference

@@ -500,6 +500,7 @@ def run(args):
         # Seeded per-epoch shuffling, so a resumed run sees its epoch in the same order as the interrupted one.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    args.num_processes = accelerator.num_processes  # kept with the training arguments: it sets the data order
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         level=logging.INFO if accelerator.is_local_main_process else logging.WARNING)
     datasets.disable_progress_bars()  # its cache writes are quick; our own progress bars say what runs

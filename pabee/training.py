@@ -89,6 +89,7 @@ def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, 
         state = read_trainer_state(resume_from)
         global_step, start_epoch, batches_done = state["global_step"], state["epoch"], state["batches_in_epoch"]
         logger.info("Resuming from %s (step %d, epoch %d)", resume_from, global_step, start_epoch)
+        warn_about_changed_arguments(args, resume_from)
 
     total_batch_size = args.per_gpu_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info("***** Running training *****")
@@ -146,6 +147,26 @@ def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, 
                 break
     progress.close()
     return accelerator.unwrap_model(model), global_step
+
+
+# What fixes the data a resumed run skips to find its place in the epoch, and the order it goes on in.
+ARGUMENTS_OF_THE_DATA_ORDER = ("task_name", "data_dir", "train_file", "max_seq_length", "per_gpu_train_batch_size",
+                               "gradient_accumulation_steps", "seed", "num_processes")
+
+
+def warn_about_changed_arguments(args, checkpoint_dir):
+    """Warn when a resumed run's data order cannot be the interrupted run's: an argument that sets it has changed."""
+    path = os.path.join(checkpoint_dir, "training_args.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as file:
+        saved = json.load(file)
+    current = vars(args)
+    for name in ARGUMENTS_OF_THE_DATA_ORDER:
+        if name in saved and saved[name] != current.get(name):
+            logger.warning("Resuming from %s, which was trained with %s=%r, now %r: the batches it skips and the "
+                           "order of the rest differ from the interrupted run's", checkpoint_dir, name, saved[name],
+                           current.get(name))
 
 
 def save_arguments(args, path):

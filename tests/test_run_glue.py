@@ -427,9 +427,22 @@ def test_longer_max_steps_continues_from_the_last_checkpoint(models, glue, tmp_p
     with caplog.at_level(logging.INFO):
         run_main([*args, "--max_steps", "6"])
     assert any("Resuming from" in message and "checkpoint-3" in message for message in caplog.messages)
+    assert not any("which was trained with" in message for message in caplog.messages)  # --max_steps is no such
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     assert json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
     assert json.loads((output_dir / "training_args.json").read_text())["max_steps"] == 6
+
+
+def test_resume_with_another_data_order_is_warned_about(models, glue, tmp_path, caplog):
+    output_dir = tmp_path / "out"
+    args = base_args(models["bert"], glue["sst-2"], "sst-2", output_dir, "--do_train")
+    run_main([*args, "--max_steps", "3"])
+    assert json.loads((output_dir / "checkpoint-3" / "training_args.json").read_text())["num_processes"] == 1
+    with caplog.at_level(logging.INFO):
+        run_main([*args, "--max_steps", "6", "--seed", "7", "--per_gpu_train_batch_size", "4"])
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any("seed=42, now 7" in message for message in warnings), warnings
+    assert any("per_gpu_train_batch_size=8, now 4" in message for message in warnings), warnings
 
 
 def test_overwrite_output_dir_trains_into_a_folder_without_checkpoints(models, glue, tmp_path):

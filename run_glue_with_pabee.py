@@ -47,9 +47,9 @@ from pabee.checkpoints import (
     TRAINER_STATE,
     DamagedCheckpointError,
     holds_model,
+    is_partial_checkpoint,
     list_checkpoints,
     read_trainer_state,
-    is_partial_checkpoint,
     remove_stale_partials,
     verify_checkpoint,
 )

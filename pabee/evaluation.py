@@ -231,10 +231,10 @@ def save_results(output_dir, run_entries, run_info, layer_results=()):
     """
     json_path = os.path.join(output_dir, RESULTS_JSON)
     table_path = os.path.join(output_dir, RESULTS_TABLE)
-    runs = read_earlier_runs(output_dir)
-    if not runs and os.path.exists(table_path):
+    if os.path.exists(table_path) and not os.path.exists(json_path):
         # A table with no JSON beside it was written by something else (e.g. the reference script): keep it.
         os.replace(table_path, os.path.join(output_dir, EARLIER_RESULTS_TABLE))
+    runs = read_earlier_runs(output_dir)
     runs.append({**run_info, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "entries": run_entries, "layer_metrics": list(layer_results)})
     _write_atomically(json_path, json.dumps({"runs": runs}, indent=2) + "\n")

@@ -459,8 +459,10 @@ def test_overwrite_output_dir_trains_into_a_folder_without_checkpoints(models, g
 
 
 def test_run_killed_before_its_first_checkpoint_starts_again_with_the_same_command(models, glue, tmp_path, caplog):
-    args = base_args(models["bert"], glue["sst-2"], "sst-2", tmp_path / "out", "--do_train", "--max_steps", "3")
-    run_main(args)
+    def command(output_dir):
+        return base_args(models["bert"], glue["sst-2"], "sst-2", output_dir, "--do_train", "--max_steps", "3")
+
+    run_main(command(tmp_path / "out"))
     # What a run killed while writing its first checkpoint leaves: caches, TensorBoard logs, a partial checkpoint.
     output_dir = tmp_path / "killed"
     output_dir.mkdir()
@@ -470,7 +472,7 @@ def test_run_killed_before_its_first_checkpoint_starts_again_with_the_same_comma
     os.remove(output_dir / ".checkpoint-3.partial" / "trainer_state.json")
 
     with caplog.at_level(logging.INFO):
-        run_main([*args[:args.index("--output_dir") + 1], str(output_dir), *args[args.index("--output_dir") + 2:]])
+        run_main(command(output_dir))
     assert not any("Resuming from" in message for message in caplog.messages)
     assert not (output_dir / ".checkpoint-3.partial").exists()
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "checkpoint-3").is_dir()

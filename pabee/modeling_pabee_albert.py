@@ -47,6 +47,10 @@ PABEE_DEFAULTS = {
     "exit_criterion": "patience",
     "exit_threshold": None,
     "layer_loss_weights": "linear",
+    "exit_confidence": 0.0,
+    "self_distillation_weight": 0.0,
+    "self_distillation_temperature": 1.0,
+    "gradient_equilibrium": False,
 }
 # Copied from pabee.modeling_pabee_bert.EXIT_POOLINGS
 EXIT_POOLINGS = ("pooler", "mean")
@@ -64,7 +68,8 @@ class PabeeSequenceClassifierOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, returned when `labels` is given):
-            Training: the per-layer losses averaged with weights 1..L. Evaluation: the loss of the answered logits.
+            Training: the per-layer losses averaged with weights 1..L (plus the self-distillation loss when it is
+            on). Evaluation: the loss of the answered logits.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             For each example, the logits of the classifier of the layer it exited at.
         exit_layers (`torch.LongTensor` of shape `(batch_size,)`):
@@ -88,12 +93,27 @@ def check_pabee_settings(
     exit_threshold=None,
     layer_loss_weights="linear",
     num_labels=None,
+    exit_confidence=0.0,
+    self_distillation_weight=0.0,
+    self_distillation_temperature=1.0,
+    gradient_equilibrium=False,
 ):
-    """Raise a `ValueError` that says how to fix a bad early-exit setting."""
+    """Raise a `ValueError` that says how to fix a bad early-exit or training setting."""
     if not is_non_negative_integer(patience):
         raise ValueError(f"patience must be an integer >= 0 (0 disables early exit), got {patience!r}")
     if not is_non_negative_number(regression_threshold):
         raise ValueError(f"regression_threshold must be a number >= 0, got {regression_threshold!r}")
+    if not is_non_negative_number(exit_confidence) or exit_confidence > 1:
+        raise ValueError(f"exit_confidence must be a probability in [0, 1] (0: plain PABEE), got {exit_confidence!r}")
+    if exit_confidence > 0 and num_labels == 1:
+        raise ValueError("exit_confidence gates patience on class probabilities, which regression (num_labels=1) "
+                         f"has not: set it to 0, got {exit_confidence!r}")
+    if not is_non_negative_number(self_distillation_weight):
+        raise ValueError(f"self_distillation_weight must be a number >= 0 (0: off), got {self_distillation_weight!r}")
+    if not is_non_negative_number(self_distillation_temperature) or self_distillation_temperature == 0:
+        raise ValueError(f"self_distillation_temperature must be a number > 0, got {self_distillation_temperature!r}")
+    if not isinstance(gradient_equilibrium, bool):
+        raise ValueError(f"gradient_equilibrium must be True or False, got {gradient_equilibrium!r}")
     if exit_pooling not in EXIT_POOLINGS:
         raise ValueError(f"exit_pooling must be one of {', '.join(EXIT_POOLINGS)}, got {exit_pooling!r}")
     if layer_loss_weights not in LAYER_LOSS_WEIGHTS:
@@ -137,24 +157,41 @@ def exit_predictions(logits):
 
 
 # Copied from pabee.modeling_pabee_bert.update_patience_counters
-def update_patience_counters(counters, previous_predictions, predictions, regression_threshold):
+def update_patience_counters(counters, previous_predictions, predictions, regression_threshold, confident=None):
     """
     One step of the patience rule for a batch: `counters[b]` counts how many times in a row example b's prediction
     (see `exit_predictions`) stayed the same. Classes must be equal; a score counts as "the same" when it changed by
-    less than `regression_threshold` (strictly).
+    less than `regression_threshold` (strictly). With the confidence gate on (`confident`, see `patience_gate`), an
+    unchanged prediction counts only where this layer's classifier is confident enough; otherwise it resets too.
     """
     if predictions.is_floating_point():
         unchanged = (predictions - previous_predictions).abs() < regression_threshold
     else:
         unchanged = predictions == previous_predictions
-    return (counters + 1) * unchanged  # a change resets the counter to 0
+    if confident is not None:
+        unchanged = unchanged & confident
+    return (counters + 1) * unchanged  # a change (or, gated, a doubt) resets the counter to 0
+
+
+# Copied from pabee.modeling_pabee_bert.patience_gate
+def patience_gate(logits, exit_confidence):
+    """
+    The confidence gate on the patience counter, from one layer's logits `(..., num_labels)`: where the top-class
+    probability is at least `exit_confidence` (a consecutive-confident-layers idea, after PCEE-BERT). None when the
+    gate is off (`exit_confidence` 0, plain PABEE: every probability passes), so that PABEE pays nothing for it.
+    Classes only: regression scores have no probability (`check_pabee_settings` refuses a gate on them).
+    """
+    if not exit_confidence:
+        return None
+    return logits.float().softmax(dim=-1).amax(dim=-1) >= exit_confidence
 
 
 # Copied from pabee.modeling_pabee_bert.patience_exit_layers
-def patience_exit_layers(all_layer_logits, patience, regression_threshold):
+def patience_exit_layers(all_layer_logits, patience, regression_threshold, exit_confidence=0.0):
     """
-    The exit layer (1-based) that early exit with `patience` gives each example, from every layer's logits
-    `(batch_size, num_layers, num_labels)`: the first layer at which the counter reaches `patience`, else the last.
+    The exit layer (1-based) that early exit with `patience` (and the confidence gate `exit_confidence`) gives each
+    example, from every layer's logits `(batch_size, num_layers, num_labels)`: the first layer at which the counter
+    reaches `patience`, else the last.
     """
     batch_size, num_layers, _ = all_layer_logits.shape
     exit_layers = torch.full((batch_size,), num_layers, dtype=torch.long, device=all_layer_logits.device)
@@ -162,9 +199,10 @@ def patience_exit_layers(all_layer_logits, patience, regression_threshold):
         return exit_layers
     counters = torch.zeros(batch_size, dtype=torch.long, device=all_layer_logits.device)
     predictions = exit_predictions(all_layer_logits)  # (batch_size, num_layers)
+    confident = patience_gate(all_layer_logits, exit_confidence)  # (batch_size, num_layers) or None
     for layer in range(1, num_layers):
         counters = update_patience_counters(counters, predictions[:, layer - 1], predictions[:, layer],
-                                            regression_threshold)
+                                            regression_threshold, None if confident is None else confident[:, layer])
         first_time = (counters == patience) & (exit_layers == num_layers)
         exit_layers[first_time] = layer + 1
     return exit_layers
@@ -185,13 +223,13 @@ def confident_exits(logits, exit_criterion, exit_threshold):
 
 # Copied from pabee.modeling_pabee_bert.simulate_exit_layers
 def simulate_exit_layers(all_layer_logits, patience, regression_threshold, exit_criterion="patience",
-                         exit_threshold=None):
+                         exit_threshold=None, exit_confidence=0.0):
     """
     The exit layer (1-based) of each example under any exit criterion, from every layer's logits: what real early
     exit gives, computed from one full-depth pass, so a whole sweep of settings costs one pass.
     """
     if exit_criterion == "patience":
-        return patience_exit_layers(all_layer_logits, patience, regression_threshold)
+        return patience_exit_layers(all_layer_logits, patience, regression_threshold, exit_confidence)
     num_layers = all_layer_logits.shape[1]
     if num_layers == 1:  # the only layer answers
         return torch.ones(all_layer_logits.shape[0], dtype=torch.long, device=all_layer_logits.device)
@@ -218,12 +256,51 @@ def weighted_layer_loss(layer_logits, labels, layer_loss_weights="linear"):
     return total_loss / total_weight
 
 
+# Copied from pabee.modeling_pabee_bert.self_distillation_loss
+def self_distillation_loss(layer_logits, temperature):
+    """
+    Self-distillation of the internal classifiers from the last one, the teacher: the mean over layers i = 1..L-1 of
+    T^2 * KL(softmax(z_L / T) || softmax(z_i / T)), averaged over the batch (the T^2 keeps the gradients' size
+    independent of the temperature T, as in Hinton et al. 2015), or, with one logit (regression), of the squared error
+    (z_i - z_L)^2. The teacher's logits are detached: this loss trains the layers below it, never the teacher.
+    """
+    *students, teacher = layer_logits
+    if not students:  # one layer: nobody to teach
+        return teacher.new_zeros(())
+    teacher = teacher.detach()
+    losses = []
+    for logits in students:
+        if logits.shape[-1] == 1:
+            losses.append(nn.functional.mse_loss(logits, teacher))
+        else:
+            student_log_probabilities = (logits / temperature).log_softmax(dim=-1)
+            teacher_log_probabilities = (teacher / temperature).log_softmax(dim=-1)
+            divergence = nn.functional.kl_div(student_log_probabilities, teacher_log_probabilities,
+                                              reduction="batchmean", log_target=True)
+            losses.append(temperature**2 * divergence)
+    return torch.stack(losses).mean()
+
+
 # Copied from pabee.modeling_pabee_bert.sequence_classification_loss
 def sequence_classification_loss(logits, labels):
     """Cross-entropy over `num_labels` classes, or mean squared error when there is a single logit (regression)."""
     if logits.shape[-1] == 1:
         return nn.functional.mse_loss(logits.view(-1), labels.view(-1).to(logits.dtype))
     return nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+
+
+# Copied from pabee.modeling_pabee_bert.ScaleGradient
+class ScaleGradient(torch.autograd.Function):
+    """The identity in the forward pass; multiplies the gradient by `scale` in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, tensor, scale):
+        ctx.scale = scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, gradient):
+        return gradient * ctx.scale, None
 
 
 # Copied from pabee.modeling_pabee_bert.drop_padding_columns
@@ -304,9 +381,13 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
 
     The PABEE settings live on the config, so `save_pretrained` keeps them: `config.patience` (0: no early exit),
     `config.regression_threshold` (regression: a change smaller than this counts as "the same prediction"),
-    `config.exit_pooling`, `config.layer_loss_weights` (PABEE's "linear" 1..L, "uniform", or "last"), and, to compare
-    PABEE with other exit rules on the same model, `config.exit_criterion` ("patience", "entropy" or "confidence")
-    with its `config.exit_threshold`. Keyword arguments set them on the config (`from_pretrained(path, patience=3)`);
+    `config.exit_pooling`, `config.layer_loss_weights` (PABEE's "linear" 1..L, "uniform", or "last"),
+    `config.exit_confidence` (a gate on the patience counter: an unchanged prediction counts only when its top-class
+    probability is at least this; 0 is plain PABEE), and, to compare PABEE with other exit rules on the same model,
+    `config.exit_criterion` ("patience", "entropy" or "confidence") with its `config.exit_threshold`. Training
+    options that strengthen the shallow classifiers, all off by default: `config.self_distillation_weight` and
+    `config.self_distillation_temperature` (see `self_distillation_loss`) and `config.gradient_equilibrium` (see
+    `_run_all_layers`). Keyword arguments set them on the config (`from_pretrained(path, patience=3)`);
     `forward` takes the exit settings as keyword arguments to override them for one call.
     """
 
@@ -346,13 +427,15 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
         regression_threshold=None,
         exit_criterion=None,
         exit_threshold=None,
+        exit_confidence=None,
         output_all_layer_logits=False,
     ):
         """
         In training mode every layer runs and `loss` is PABEE's weighted average of the per-layer losses. In
-        evaluation mode each example exits at its own layer. `patience`, `regression_threshold`, `exit_criterion`
-        and `exit_threshold` override the config's for this call. `output_all_layer_logits=True` runs every layer
-        for every example and also returns all the classifiers' logits; the answers are the same as without it.
+        evaluation mode each example exits at its own layer. `patience`, `regression_threshold`, `exit_criterion`,
+        `exit_threshold` and `exit_confidence` override the config's for this call. `output_all_layer_logits=True`
+        runs every layer for every example and also returns all the classifiers' logits; the answers are the same as
+        without it.
         """
         config = self.config
         exit_settings = {
@@ -362,12 +445,16 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
             ),
             "exit_criterion": config.exit_criterion if exit_criterion is None else exit_criterion,
             "exit_threshold": config.exit_threshold if exit_threshold is None else exit_threshold,
+            "exit_confidence": config.exit_confidence if exit_confidence is None else exit_confidence,
         }
         check_pabee_settings(
             **exit_settings,
             exit_pooling=config.exit_pooling,
             layer_loss_weights=config.layer_loss_weights,
             num_labels=self.num_labels,
+            self_distillation_weight=config.self_distillation_weight,
+            self_distillation_temperature=config.self_distillation_temperature,
+            gradient_equilibrium=config.gradient_equilibrium,
         )
         exit_settings["patience"] = exit_settings["patience"].__index__()  # e.g. a numpy integer from a sweep
 
@@ -390,7 +477,11 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
         loss = None
         if labels is not None:
             if self.training:
-                loss = weighted_layer_loss(all_layer_logits.unbind(dim=1), labels, config.layer_loss_weights)
+                layer_logits = all_layer_logits.unbind(dim=1)
+                loss = weighted_layer_loss(layer_logits, labels, config.layer_loss_weights)
+                if config.self_distillation_weight > 0:
+                    distillation = self_distillation_loss(layer_logits, config.self_distillation_temperature)
+                    loss = loss + config.self_distillation_weight * distillation
             else:
                 loss = sequence_classification_loss(logits, labels)
 
@@ -409,18 +500,34 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
         return self.classifiers[index](pooled_output)
 
     def _run_all_layers(self, hidden_states, attention_mask):
-        """Every classifier's logits for every example: `(batch_size, num_layers, num_labels)`."""
+        """
+        Every classifier's logits for every example: `(batch_size, num_layers, num_labels)`.
+
+        With `config.gradient_equilibrium` in training, the gradient each layer's hidden states receive is rescaled
+        as in ElasticALBERT's `gradient_rescale` (its encoder's forward), which is Li et al.'s gradient equilibrium
+        (ICCV 2019, arXiv 1908.06294): of the k classifiers that read this layer or a deeper one, its own classifier's
+        gradient weighs 1/k and the gradient from the k - 1 deeper ones (k - 1)/k, so the shallow layers are not
+        swamped by the sum of every deeper loss. The forward values are unchanged.
+        """
         backbone = self.base_model
+        num_layers = len(self.classifiers)
+        equilibrium = self.training and self.config.gradient_equilibrium
         layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
         pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
         all_layer_logits = []
-        for index in range(len(self.classifiers)):
+        for index in range(num_layers):
             hidden_states = backbone.run_layer(index, hidden_states, layer_attention_mask)
+            classifiers_from_here = num_layers - index  # k
+            if equilibrium:
+                hidden_states = ScaleGradient.apply(hidden_states, 1.0 / classifiers_from_here)
             all_layer_logits.append(self._classify(index, hidden_states, pooling_weights))
+            if equilibrium:
+                hidden_states = ScaleGradient.apply(hidden_states, classifiers_from_here - 1.0)
         return torch.stack(all_layer_logits, dim=1)
 
     def _run_with_early_exit(
-        self, hidden_states, attention_mask, patience, regression_threshold, exit_criterion, exit_threshold
+        self, hidden_states, attention_mask, patience, regression_threshold, exit_criterion, exit_threshold,
+        exit_confidence,
     ):
         """
         Early exit decided per example (one patience counter each). An example leaves the batch at its exit layer
@@ -457,8 +564,9 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
             if exit_criterion == "patience":
                 predictions = exit_predictions(layer_logits)
                 if previous_predictions is not None:
+                    confident = patience_gate(layer_logits, exit_confidence)
                     counters = update_patience_counters(counters, previous_predictions, predictions,
-                                                        regression_threshold)
+                                                        regression_threshold, confident)
                 previous_predictions = predictions
                 done = counters == patience
             else:

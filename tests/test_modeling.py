@@ -989,3 +989,272 @@ def test_last_layer_loss_weights_are_plain_fine_tuning():
     # Only the last classifier learns; the others get zero gradient.
     assert all(not classifier.weight.grad.any() for classifier in model.classifiers[:-1])
     assert model.classifiers[-1].weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The confidence gate on the patience counter
+
+
+def reference_gated_patience_rule(layer_logits, patience, exit_confidence):
+    """
+    Gated patience as the README states it, for ONE example (`layer_logits`: a list of (num_labels,) tensors): a
+    layer counts toward patience only if its class equals the previous layer's and its top-class probability is at
+    least `exit_confidence`. Returns the exit layer, 1-based.
+    """
+    counter, previous = 0, None
+    for i, logits in enumerate(layer_logits):
+        probabilities = torch.softmax(logits.double(), dim=-1)
+        confident = float(probabilities.max()) >= exit_confidence
+        counts = previous is not None and int(logits.argmax()) == previous and confident
+        counter = counter + 1 if counts else 0
+        previous = int(logits.argmax())
+        if patience and counter == patience:
+            return i + 1
+    return len(layer_logits)
+
+
+def gates_between_probabilities(model, input_ids, attention_mask, token_type_ids, quantiles=(0.3, 0.6)):
+    """
+    Gates that fall between the batch's top-class probabilities (never on one, where float rounding could decide),
+    at the given quantiles of them: gates that change some exits but not all.
+    """
+    with torch.no_grad():
+        logits = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                       output_all_layer_logits=True).all_layer_logits
+    top = torch.unique(logits.softmax(dim=-1).amax(dim=-1).flatten())  # sorted
+    return [float(top[int(q * (len(top) - 1))] + top[int(q * (len(top) - 1)) + 1]) / 2 for q in quantiles]
+
+
+@pytest.mark.parametrize("variant", MAIN_VARIANTS)
+@torch.no_grad()
+def test_gated_patience_batched_equals_one_at_a_time_simulation_and_reference(variant):
+    model = make_model(variant, 3)
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask, token_type_ids = make_batch()
+    gates = gates_between_probabilities(model, input_ids, attention_mask, token_type_ids)
+    layer_logits = plain_layer_logits(model, input_ids, attention_mask, token_type_ids)
+
+    gate_mattered = False
+    for patience in (1, 2, 3):
+        pabee = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=patience)
+        for gate in gates:
+            kwargs = dict(patience=patience, exit_confidence=gate)
+            batched = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
+            simulated = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                              output_all_layer_logits=True, **kwargs)
+            assert torch.equal(simulated.exit_layers, batched.exit_layers), (patience, gate)
+            torch.testing.assert_close(simulated.logits, batched.logits, rtol=0, atol=1e-5)
+            for b in range(len(LENGTHS)):
+                alone = model(**example_inputs(input_ids, attention_mask, token_type_ids, b), **kwargs)
+                assert int(alone.exit_layers[0]) == int(batched.exit_layers[b]), (patience, gate, b)
+                torch.testing.assert_close(batched.logits[b], alone.logits[0], rtol=0, atol=1e-5)
+                expected = reference_gated_patience_rule(list(layer_logits[b]), patience, gate)
+                assert int(batched.exit_layers[b]) == expected, (patience, gate, b)
+            # A gate can only delay an exit.
+            assert (batched.exit_layers >= pabee.exit_layers).all()
+            gate_mattered = gate_mattered or not torch.equal(batched.exit_layers, pabee.exit_layers)
+            if patience < num_layers - 1:
+                assert int(batched.exit_layers.min()) >= patience + 1
+    assert gate_mattered, "no gate changed an exit layer: the test would not exercise the gate"
+
+
+@pytest.mark.parametrize("variant", MAIN_VARIANTS)
+@torch.no_grad()
+def test_gate_zero_is_exactly_pabee(variant):
+    model = make_model(variant, 3)
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask, token_type_ids = make_batch()
+    layer_logits = plain_layer_logits(model, input_ids, attention_mask, token_type_ids)
+    for patience in patience_values(num_layers):
+        # 0 turns the gate off; a gate below every probability runs the gate and must let every layer count.
+        for gate in (0.0, 0, 1e-9):
+            out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=patience,
+                        exit_confidence=gate)
+            expected = [reference_patience_rule(list(layer_logits[b]), patience, 0.1)[0] for b in range(len(LENGTHS))]
+            assert out.exit_layers.tolist() == expected, (patience, gate)
+            assert torch.equal(patience_exit_layers(layer_logits, patience, 0.1, gate),
+                               patience_exit_layers(layer_logits, patience, 0.1)), (patience, gate)
+
+
+@pytest.mark.parametrize(
+    "probabilities, patience, gate, expected",
+    [
+        # class 0 at every layer; top-class probabilities per layer. A doubtful layer resets the counter.
+        ([0.9, 0.6, 0.9, 0.9], 2, 0.7, 4),
+        ([0.9, 0.6, 0.9, 0.9], 2, 0.0, 3),
+        ([0.9, 0.6, 0.9, 0.9], 1, 0.7, 3),
+        ([0.9, 0.6, 0.9, 0.9], 1, 0.6, 2),  # "at least": a probability equal to the gate counts
+        ([0.5, 0.9, 0.9, 0.9], 1, 0.7, 2),  # layer 1's own confidence does not matter, only the counting layers'
+        ([0.9, 0.9, 0.65, 0.9], 3, 0.7, 4),  # never three in a row: the last layer answers
+    ],
+)
+def test_gate_on_hand_made_probabilities(probabilities, patience, gate, expected):
+    # Two classes with p(class 0) = p: logits (log p, log(1 - p)).
+    probabilities = torch.tensor(probabilities, dtype=torch.float64)
+    logits = torch.stack([probabilities.log(), (1 - probabilities).log()], dim=-1)[None]  # (1, 4, 2)
+    assert patience_exit_layers(logits, patience, 0.1, gate).tolist() == [expected]
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@pytest.mark.parametrize("gate", [-0.1, 1.5, float("nan"), "0.5", True, None])
+def test_bad_exit_confidence_raises(variant, gate):
+    model = make_model(variant, 3)
+    input_ids, attention_mask, _ = make_batch()
+    if gate is not None:  # None in the constructor means "the default"
+        with pytest.raises(ValueError, match=r"exit_confidence must be a probability in \[0, 1\]"):
+            make_model(variant, 3, exit_confidence=gate)
+    model.config.exit_confidence = gate
+    with pytest.raises(ValueError, match=r"exit_confidence must be a probability in \[0, 1\]") as error:
+        model(input_ids, attention_mask=attention_mask, patience=1)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+def test_gate_on_regression_is_refused(variant):
+    with pytest.raises(ValueError, match="regression"):
+        make_model(variant, 1, exit_confidence=0.5)
+    model = make_model(variant, 1)
+    input_ids, attention_mask, _ = make_batch()
+    with pytest.raises(ValueError, match="regression"):
+        model(input_ids, attention_mask=attention_mask, patience=1, exit_confidence=0.5)
+    assert model(input_ids, attention_mask=attention_mask, patience=1, exit_confidence=0.0).logits.shape[-1] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training options that strengthen the shallow classifiers
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+def test_self_distillation_loss_by_hand(variant, task):
+    weight, temperature = 0.7, 2.0
+    model = make_model(variant, NUM_LABELS[task], self_distillation_weight=weight,
+                       self_distillation_temperature=temperature, **no_dropout(variant)).train()
+    num_layers = model.config.num_hidden_layers
+    input_ids, attention_mask, token_type_ids = make_batch()
+    labels = make_labels(task, len(LENGTHS))
+    loss = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels).loss
+
+    with torch.no_grad():
+        z = plain_layer_logits(model, input_ids, attention_mask, token_type_ids).double().numpy()  # (batch, L, C)
+    y = labels.numpy()
+    if task == "classification":
+        def log_softmax(x):
+            x = x - x.max(axis=-1, keepdims=True)
+            return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+        per_layer = [-log_softmax(z[:, i])[np.arange(len(y)), y].mean() for i in range(num_layers)]
+        teacher = np.exp(log_softmax(z[:, -1] / temperature))
+        distillation = [
+            temperature**2 * (teacher * (np.log(teacher) - log_softmax(z[:, i] / temperature))).sum(axis=-1).mean()
+            for i in range(num_layers - 1)
+        ]
+    else:
+        per_layer = [((z[:, i, 0] - y) ** 2).mean() for i in range(num_layers)]
+        distillation = [((z[:, i, 0] - z[:, -1, 0]) ** 2).mean() for i in range(num_layers - 1)]
+    supervised = sum((i + 1) * value for i, value in enumerate(per_layer)) / sum(range(1, num_layers + 1))
+    expected = supervised + weight * np.mean(distillation)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert weight * np.mean(distillation) > 0.01 * supervised  # the distillation term is there to be checked
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+def test_self_distillation_trains_every_classifier_but_not_its_teacher(variant, task):
+    """With only the last layer's supervised loss, the lower classifiers learn from distillation alone."""
+    input_ids, attention_mask, token_type_ids = make_batch()
+    labels = make_labels(task, len(LENGTHS))
+    gradients = {}
+    for weight in (0.0, 1.0):
+        model = make_model(variant, NUM_LABELS[task], layer_loss_weights="last", self_distillation_weight=weight,
+                           self_distillation_temperature=3.0, **no_dropout(variant)).train()
+        model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels).loss.backward()
+        gradients[weight] = [classifier.weight.grad.clone() for classifier in model.classifiers]
+    assert all(float(gradient.abs().sum()) == 0 for gradient in gradients[0.0][:-1])
+    assert all(float(gradient.abs().sum()) > 0 for gradient in gradients[1.0])
+    # The teacher is detached: distillation leaves the last classifier's gradient as it was.
+    torch.testing.assert_close(gradients[1.0][-1], gradients[0.0][-1], rtol=1e-6, atol=1e-8)
+
+
+def backbone_gradients(model, input_ids, attention_mask, labels):
+    model(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+    return {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "num_layers, layer_loss_weights, expected_scales",
+    [
+        # Only the last classifier's loss: layer i (1-based) of L gets it through the L - i deeper layers, each
+        # passing on (k - 1)/k of what it receives: a product that telescopes to 1/(L - i + 1).
+        (3, "last", [1 / 3, 1 / 2, 1]),
+        (4, "last", [1 / 4, 1 / 3, 1 / 2, 1]),
+        # Two layers, any loss weights: layer 1 receives half of (its own classifier's + layer 2's), layer 2 all.
+        (2, "linear", [1 / 2, 1]),
+        (2, "uniform", [1 / 2, 1]),
+    ],
+)
+def test_gradient_equilibrium_rescales_backbone_gradients(num_layers, layer_loss_weights, expected_scales):
+    input_ids, attention_mask, _ = make_batch()
+    labels = make_labels("classification", len(LENGTHS))
+    models = {
+        equilibrium: make_model("bert", 3, num_hidden_layers=num_layers, layer_loss_weights=layer_loss_weights,
+                                gradient_equilibrium=equilibrium, **no_dropout("bert")).train()
+        for equilibrium in (False, True)
+    }
+    losses = [model(input_ids, attention_mask=attention_mask, labels=labels).loss for model in models.values()]
+    assert float(losses[0]) == float(losses[1])  # the forward pass is unchanged
+    plain = backbone_gradients(models[False], input_ids, attention_mask, labels)
+    rescaled = backbone_gradients(models[True], input_ids, attention_mask, labels)
+    for name, gradient in plain.items():
+        if name.startswith("bert.encoder.layer."):
+            scale = expected_scales[int(name.split(".")[3])]
+        elif name.startswith("bert.embeddings."):
+            scale = expected_scales[0]  # everything below layer 1 gets what layer 1 passes down
+        else:  # the pooler and the classifiers read the layers: their own gradients are not rescaled
+            scale = 1.0
+        if name.startswith("bert."):
+            assert float(gradient.abs().sum()) > 0, name  # else the comparison below would prove nothing
+        torch.testing.assert_close(rescaled[name], scale * gradient, rtol=1e-4, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+@torch.no_grad()
+def test_training_options_leave_evaluation_unchanged(variant):
+    """Self-distillation and gradient equilibrium act on training only: the same weights answer the same."""
+    input_ids, attention_mask, token_type_ids = make_batch()
+    plain = make_model(variant, 3)
+    options = make_model(variant, 3, self_distillation_weight=1.0, self_distillation_temperature=2.0,
+                         gradient_equilibrium=True)
+    for patience in (0, 1, 2):
+        for kwargs in ({}, {"output_all_layer_logits": True}):
+            expected = plain(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                             patience=patience, **kwargs)
+            out = options(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=patience,
+                          **kwargs)
+            assert torch.equal(out.exit_layers, expected.exit_layers) and torch.equal(out.logits, expected.logits)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (dict(self_distillation_weight=-1.0), "self_distillation_weight must be a number >= 0"),
+        (dict(self_distillation_weight=float("nan")), "self_distillation_weight must be a number >= 0"),
+        (dict(self_distillation_temperature=0.0), "self_distillation_temperature must be a number > 0"),
+        (dict(self_distillation_temperature=-2.0), "self_distillation_temperature must be a number > 0"),
+        (dict(gradient_equilibrium="yes"), "gradient_equilibrium must be True or False"),
+    ],
+)
+def test_bad_training_options_raise(setting, message):
+    with pytest.raises(ValueError, match=message):
+        make_model("bert", 3, **setting)
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert"])
+def test_save_and_load_keeps_training_options_and_gate(variant, tmp_path):
+    settings = dict(exit_confidence=0.7, self_distillation_weight=0.5, self_distillation_temperature=3.0,
+                    gradient_equilibrium=True)
+    make_model(variant, 3, **settings).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert {name: saved[name] for name in settings} == settings
+    loaded = FAMILIES[VARIANTS[variant][0]][3].from_pretrained(tmp_path)
+    assert {name: getattr(loaded.config, name) for name in settings} == settings

@@ -122,6 +122,17 @@ def threshold_list(text):
     return list(dict.fromkeys(values))
 
 
+def confidence_list(text):
+    """Parse `--exit_confidence 0.6,0.7` into [0.6, 0.7]: probabilities, 0 (plain patience) dropped."""
+    try:
+        values = [float(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --exit_confidence {text!r}: expected comma-separated probabilities")
+    if any(not 0 <= value <= 1 for value in values):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"invalid --exit_confidence {text!r}: probabilities must be in [0, 1]")
+    return [value for value in dict.fromkeys(values) if value > 0]
+
+
 def parse_args(argv=None):
     parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -168,6 +179,19 @@ def parse_args(argv=None):
                        help="Weights of the per-layer losses in training: 'linear' (layer i weighs i, as in the "
                             "paper; the default), 'uniform', or 'last' (the last layer only: plain fine-tuning, "
                             "a full-depth baseline to compare early exit with).")
+    model.add_argument("--self_distillation_weight", type=float, default=0.0,
+                       help="Training: also teach every internal classifier below the last one the last classifier's "
+                            "predictions, with this weight added to the loss (KL divergence to its "
+                            "temperature-softened distribution, scaled by T^2; squared error to its score for "
+                            "regression; the last classifier is not trained by it). 0 (the default) turns it off.")
+    model.add_argument("--self_distillation_temperature", type=float, default=1.0,
+                       help="Training: the temperature T that softens both distributions in self-distillation "
+                            "(default 1).")
+    model.add_argument("--gradient_equilibrium", action="store_true",
+                       help="Training: rescale the gradient each layer receives so that, of the k classifiers at or "
+                            "above it, its own weighs 1/k and the deeper ones (k-1)/k (gradient equilibrium, Li et "
+                            "al. 2019, as in ElasticBERT), instead of the deep layers' losses swamping the shallow "
+                            "ones.")
 
     pabee = parser.add_argument_group("early exit")
     pabee.add_argument("--patience", type=patience_list, default=[0],
@@ -176,6 +200,12 @@ def parse_args(argv=None):
                             "in a row, so its earliest exit is layer PATIENCE+1. 0 runs every layer (no early exit); "
                             "PATIENCE >= the number of layers never exits early. Include 0 to get the wall-clock "
                             "speed-up of the others against full depth.")
+    pabee.add_argument("--exit_confidence", type=confidence_list, default=[],
+                       help="Confidence gates of gated patience to evaluate, comma-separated probabilities (e.g. "
+                            "0.6,0.7,0.8), each with every --patience above 0 (a grid): a layer then counts toward "
+                            "patience only if its prediction equals the previous layer's AND its top-class "
+                            "probability is at least the gate. 0 is plain PABEE (the --patience values without a "
+                            "gate are always evaluated). Classification only.")
     pabee.add_argument("--regression_threshold", type=float, default=None,
                        help="Regression (STS-B) only: two consecutive layers agree when their predicted scores differ "
                             f"by less than this. Default: the trained model's, else {DEFAULT_REGRESSION_THRESHOLD} "
@@ -277,6 +307,13 @@ def parse_args(argv=None):
             parser.error("--exit_thresholds of the confidence criterion are probabilities: at most 1")
     elif args.exit_thresholds:
         parser.error("--exit_thresholds needs --exit_criterion entropy or confidence")
+    if args.exit_confidence and args.task.is_regression:
+        parser.error(f"--exit_confidence gates patience on class probabilities: {args.task.name} is a regression "
+                     "task, which has none")
+    if not args.self_distillation_weight >= 0:
+        parser.error(f"--self_distillation_weight must be >= 0, got {args.self_distillation_weight}")
+    if not args.self_distillation_temperature > 0:
+        parser.error(f"--self_distillation_temperature must be > 0, got {args.self_distillation_temperature}")
     if not args.classifier_lr_multiplier > 0:
         parser.error(f"--classifier_lr_multiplier must be > 0, got {args.classifier_lr_multiplier}")
     for name in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size", "gradient_accumulation_steps",
@@ -381,6 +418,9 @@ def load_model(args, path, for_training):
             config.exit_pooling = args.exit_pooling
         if args.layer_loss_weights:
             config.layer_loss_weights = args.layer_loss_weights
+        config.self_distillation_weight = args.self_distillation_weight
+        config.self_distillation_temperature = args.self_distillation_temperature
+        config.gradient_equilibrium = args.gradient_equilibrium
         config.regression_threshold = args.regression_threshold
     elif config.num_labels != task.num_labels:
         raise InputError(f"the model in {path} has {config.num_labels} labels but {task.name} needs {task.num_labels}")

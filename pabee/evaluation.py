@@ -18,45 +18,77 @@ RESULTS_TABLE = "eval_results.txt"
 EARLIER_RESULTS_TABLE = "eval_results.earlier.txt"
 
 
+# The two oracle bounds: each example exits at the first layer whose answer equals the full-depth answer, or at the
+# first layer that answers correctly. No real rule can know either; they say how much room a model leaves.
+ORACLES = {"oracle": "full-depth answer", "oracle-correct": "earliest correct"}
+
+
 @dataclass(frozen=True)
 class ExitSetting:
-    """One point of a sweep: a patience, or a threshold of another exit criterion."""
+    """
+    One point of a sweep: a patience (optionally with the confidence gate `confidence` on its counter), a threshold
+    of another exit criterion, or one of the oracle bounds (criterion "oracle" or "oracle-correct", value unused).
+    """
 
-    criterion: str  # "patience", "entropy" or "confidence"
+    criterion: str  # "patience", "entropy", "confidence", or an oracle (see ORACLES)
     value: float  # the patience (an integer) or the threshold
+    confidence: float = 0.0  # the gate of gated patience: 0 is plain PABEE
 
     @classmethod
     def from_entry(cls, entry):
         """The setting of a result entry (see `as_dict`)."""
-        return cls(entry["criterion"], entry["patience"] if entry["criterion"] == "patience" else entry["threshold"])
+        if entry["criterion"] == "patience":
+            return cls("patience", entry["patience"], entry.get("exit_confidence") or 0.0)
+        return cls(entry["criterion"], 0 if entry["criterion"] in ORACLES else entry["threshold"])
 
     @property
     def is_full_depth(self):
         return self.criterion == "patience" and self.value == 0
 
     @property
+    def is_oracle(self):
+        return self.criterion in ORACLES
+
+    @property
+    def rule(self):
+        """The exit rule, as the trade-off plot and the study group settings: "gated patience 0.7", "entropy"..."""
+        return f"gated patience {self.confidence:g}" if self.confidence else self.criterion
+
+    @property
     def label(self):
+        if self.is_oracle:
+            return f"oracle: {ORACLES[self.criterion]}"
         if self.criterion == "patience":
-            return f"patience {int(self.value)}"
+            gate = f", confidence >= {self.confidence:g}" if self.confidence else ""
+            return f"patience {int(self.value)}{gate}"
         return f"{self.criterion} {'<' if self.criterion == 'entropy' else '>'} {self.value:g}"
 
     @property
     def slug(self):
-        """The label as a file and TensorBoard name: "patience_3", "entropy_lt_0.2", "confidence_gt_0.9"."""
-        return self.label.replace(" < ", "_lt_").replace(" > ", "_gt_").replace(" ", "_")
+        """
+        The label as a file and TensorBoard name: "patience_3", "patience_2_confidence_ge_0.7", "entropy_lt_0.2",
+        "confidence_gt_0.9", "oracle_full-depth_answer".
+        """
+        return (self.label.replace(", ", "_").replace(": ", "_").replace(" >= ", "_ge_").replace(" < ", "_lt_")
+                .replace(" > ", "_gt_").replace(" ", "_"))
 
     def model_kwargs(self, regression_threshold):
         """The keyword arguments of the model's forward that select this setting."""
+        if self.is_oracle:
+            raise ValueError(f"{self.label} is a bound computed from every layer's answers, not a rule a model runs")
         if self.criterion == "patience":
             return {"exit_criterion": "patience", "patience": int(self.value),
-                    "regression_threshold": regression_threshold}
+                    "regression_threshold": regression_threshold, "exit_confidence": float(self.confidence)}
         return {"exit_criterion": self.criterion, "exit_threshold": float(self.value),
                 "regression_threshold": regression_threshold}
 
     def as_dict(self):
         if self.criterion == "patience":
-            return {"setting": self.label, "criterion": "patience", "patience": int(self.value), "threshold": None}
-        return {"setting": self.label, "criterion": self.criterion, "patience": None, "threshold": self.value}
+            return {"setting": self.label, "criterion": "patience", "patience": int(self.value), "threshold": None,
+                    "exit_confidence": float(self.confidence)}
+        threshold = None if self.is_oracle else self.value
+        return {"setting": self.label, "criterion": self.criterion, "patience": None, "threshold": threshold,
+                "exit_confidence": None}
 
 
 @dataclass
@@ -111,16 +143,48 @@ def predict(model, dataloader, accelerator, model_kwargs, description="Evaluatin
 def simulate(full_depth: Predictions, setting: ExitSetting, regression_threshold):
     """
     The answers and exit layers that real early exit with `setting` gives, from the every-layer logits of one
-    full-depth pass: each layer's logits do not depend on whether the example would have stopped earlier.
+    full-depth pass: each layer's logits do not depend on whether the example would have stopped earlier. For an
+    oracle setting, the answers and exit layers of that bound (see `oracle_exit_layers`).
     """
-    all_layer_logits = torch.from_numpy(full_depth.all_layer_logits)
-    kwargs = setting.model_kwargs(regression_threshold)
-    exit_layers = simulate_exit_layers(
-        all_layer_logits, kwargs.get("patience", 0), regression_threshold, kwargs["exit_criterion"],
-        kwargs.get("exit_threshold"),
-    ).numpy()
+    if setting.is_oracle:
+        reference = full_depth.labels if setting.criterion == "oracle-correct" else None
+        exit_layers = oracle_exit_layers(full_depth.all_layer_logits, regression_threshold, reference)
+    else:
+        kwargs = setting.model_kwargs(regression_threshold)
+        exit_layers = simulate_exit_layers(
+            torch.from_numpy(full_depth.all_layer_logits), kwargs.get("patience", 0), regression_threshold,
+            kwargs["exit_criterion"], kwargs.get("exit_threshold"), kwargs.get("exit_confidence", 0.0),
+        ).numpy()
     logits = full_depth.all_layer_logits[np.arange(len(exit_layers)), exit_layers - 1]
     return Predictions(logits=logits, labels=full_depth.labels, exit_layers=exit_layers, seconds=float("nan"))
+
+
+def oracle_exit_layers(all_layer_logits, regression_threshold, labels=None):
+    """
+    The exit layer (1-based) of each example under an oracle, from every layer's logits `(examples, num_layers,
+    num_labels)`: the first layer whose answer equals the full-depth (last) layer's answer (for regression: whose
+    score is within `regression_threshold` of it, strictly; the last layer always qualifies, so for classes the
+    answers are exactly the full-depth answers); or, given `labels` (classification), the first layer whose answer
+    is correct, and the last layer for an example no layer gets right (its answer is wrong wherever it exits).
+    """
+    num_layers = all_layer_logits.shape[1]
+    if all_layer_logits.shape[-1] == 1:
+        scores = all_layer_logits[..., 0]
+        if labels is not None:
+            raise ValueError("the earliest-correct oracle needs classes: a regression score is never exactly correct")
+        matches = np.abs(scores - scores[:, -1:]) < regression_threshold
+        matches[:, -1] = True
+    else:
+        predictions = all_layer_logits.argmax(axis=-1)  # (examples, num_layers)
+        reference = predictions[:, -1] if labels is None else labels
+        matches = predictions == reference[:, None]
+    return np.where(matches.any(axis=1), matches.argmax(axis=1) + 1, num_layers)
+
+
+def oracle_settings(task: GlueTask, labelled):
+    """The oracle bounds an evaluation set allows: the earliest-correct one needs labels and classes."""
+    return [ExitSetting("oracle", 0)] + ([ExitSetting("oracle-correct", 0)] if labelled and not task.is_regression
+                                         else [])
 
 
 def layer_metrics(task: GlueTask, full_depth: Predictions):

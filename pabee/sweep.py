@@ -5,13 +5,27 @@ import os
 
 import numpy as np
 
-from .evaluation import ExitSetting, add_wall_speedups, answers, layer_metrics, predict, simulate, summarize
+from .evaluation import (
+    ExitSetting,
+    add_wall_speedups,
+    answers,
+    layer_metrics,
+    oracle_settings,
+    predict,
+    simulate,
+    summarize,
+)
 from .glue import main_metric_name, submission_file_name, write_submission
 
 
 def exit_settings(args):
-    """The sweep: every --patience, then every threshold of a second --exit_criterion."""
+    """
+    The sweep: every --patience, then every --patience above 0 under every --exit_confidence gate (a grid), then
+    every threshold of a second --exit_criterion.
+    """
     settings = [ExitSetting("patience", patience) for patience in args.patience]
+    settings += [ExitSetting("patience", patience, confidence) for confidence in args.exit_confidence
+                 for patience in args.patience if patience > 0]
     if args.exit_criterion != "patience":
         settings += [ExitSetting(args.exit_criterion, threshold) for threshold in args.exit_thresholds]
     return settings
@@ -22,8 +36,9 @@ FULL_DEPTH = ExitSetting("patience", 0)
 
 def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=None):
     """
-    Evaluate `model` at every exit setting on every eval set. Returns one result entry per (eval set, setting) and
-    the metrics of each internal classifier on its own, per eval set.
+    Evaluate `model` at every exit setting on every eval set, and add the oracle bounds from the full-depth pass.
+    Returns one result entry per (eval set, setting) and the metrics of each internal classifier on its own, per
+    eval set.
     """
     num_layers = model.config.num_hidden_layers
     threshold = model.config.regression_threshold
@@ -36,18 +51,20 @@ def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=N
                              f"{description} every layer", all_layers=True)
         per_layer.append({"checkpoint": checkpoint_name, "eval_set": eval_set,
                           "layers": layer_metrics(args.task, full_depth)})
-        for setting in exit_settings(args):
+        # The oracle bounds come from the same pass: no rule can run them.
+        for setting in exit_settings(args) + oracle_settings(args.task, labelled=full_depth.labels is not None):
             simulated = simulate(full_depth, setting, threshold)
-            if args.sweep_from_one_pass:
-                predictions = simulated
-            else:
+            timed = not (args.sweep_from_one_pass or setting.is_oracle)
+            if timed:
                 predictions = predict(model, dataloader, accelerator, setting.model_kwargs(threshold),
                                       f"{description} {setting.label}")
+            else:
+                predictions = simulated
             entry = {"checkpoint": checkpoint_name, "step": step, "eval_set": eval_set, **setting.as_dict(),
                      "regression_threshold": threshold if args.task.is_regression else None,
                      "batch_size": args.per_gpu_eval_batch_size, "num_layers": num_layers}
             entry.update(summarize(args.task, predictions, num_layers))
-            if not args.sweep_from_one_pass:
+            if timed:
                 # Agreement of the real run with the one-pass simulation: 1.0 up to floating-point ties.
                 entry["simulation_agreement"] = float((simulated.exit_layers == predictions.exit_layers).mean())
             entries.append(entry)

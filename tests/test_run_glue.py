@@ -35,7 +35,7 @@ from fixtures_glue import (
     write_glue_task,
 )
 from pabee import AlbertForSequenceClassificationWithPabee, BertForSequenceClassificationWithPabee
-from pabee.evaluation import ExitSetting, predict
+from pabee.evaluation import ORACLES, ExitSetting, predict
 from pabee.features import convert_examples_to_features
 from pabee.glue import get_task, read_glue_split
 
@@ -127,10 +127,20 @@ def read_runs(output_dir):
 
 
 def by_key(entries):
-    """Result entries by (checkpoint, eval set, patience), checking that no key appears twice."""
-    keyed = {(entry["checkpoint"], entry["eval_set"], entry["patience"]): entry for entry in entries}
-    assert len(keyed) == len(entries), "two entries for the same checkpoint, eval set and patience"
+    """
+    Result entries of the exit settings by (checkpoint, eval set, patience), checking that no key appears twice. The
+    oracle bounds, which every evaluation adds, are left out (see `oracle_entries`).
+    """
+    settings = [entry for entry in entries if entry["criterion"] not in ORACLES]
+    keyed = {(entry["checkpoint"], entry["eval_set"], entry["patience"]): entry for entry in settings}
+    assert len(keyed) == len(settings), "two entries for the same checkpoint, eval set and patience"
     return keyed
+
+
+def oracle_entries(entries):
+    """The oracle-bound entries by (checkpoint, eval set, oracle)."""
+    return {(entry["checkpoint"], entry["eval_set"], entry["criterion"]): entry for entry in entries
+            if entry["criterion"] in ORACLES}
 
 
 def tensorboard_scalars(path):
@@ -218,7 +228,8 @@ def test_train_then_patience_sweep_writes_everything(trained, task):
         assert entry["eval_seconds"] > 0 and entry["examples_per_second"] > 0
     table = (output_dir / "eval_results.txt").read_text()
     assert "patience" in table and "avg exit layer" in table
-    assert len([line for line in table.splitlines() if line.startswith("final")]) == len(entries)
+    oracles = oracle_entries(runs[0]["entries"])
+    assert len([line for line in table.splitlines() if line.startswith("final")]) == len(entries) + len(oracles)
 
     # The saved model reloads, with its labels and early-exit settings on its config.
     model = BertForSequenceClassificationWithPabee.from_pretrained(output_dir)
@@ -381,7 +392,9 @@ def test_eval_all_checkpoints(trained, glue, task, tmp_path):
             final = entries[("final", eval_set, patience)]
             assert entry["exit_histogram"] == final["exit_histogram"]
             assert entry["metrics"] == pytest.approx(final["metrics"])
-    assert (output_dir / "eval_results.txt").read_text().count("checkpoint-3") == 2 * len(TASK_EVAL_SETS[task])
+    oracles = [key for key in oracle_entries(read_runs(output_dir)[-1]["entries"]) if key[0] == "checkpoint-3"]
+    assert (output_dir / "eval_results.txt").read_text().count("checkpoint-3") == \
+        2 * len(TASK_EVAL_SETS[task]) + len(oracles)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -530,8 +543,8 @@ def test_albert_reference_commands(models, glue, tmp_path):
     assert (output_dir / "checkpoint-5" / "optimizer.bin").is_file()
     runs = read_runs(output_dir)
     # Evaluations during training (steps 2 and 4), the final evaluation of the training run, then inference.
-    checkpoints = [entry["checkpoint"] for run in runs for entry in run["entries"]]
-    assert checkpoints[:3] == ["step-2", "step-4", "final"]
+    checkpoints = dict.fromkeys(entry["checkpoint"] for run in runs for entry in run["entries"])
+    assert list(checkpoints)[:3] == ["step-2", "step-4", "final"]
     entries = by_key(runs[-1]["entries"])
     assert set(entries) == {("final", "dev", patience) for patience in range(3, 9)}
     for entry in entries.values():
@@ -556,6 +569,24 @@ def write_bad_row(folder, file_name, line, row):
     with open(path, "w", encoding="utf-8") as file:
         file.write("\n".join(lines) + "\n")
     return path
+
+
+@pytest.mark.parametrize("task", ["sst-2", "sts-b"])
+def test_training_options_are_saved_with_the_run(models, glue, tmp_path, task):
+    output_dir = tmp_path / "out"
+    run_main(_train(models, glue, task, output_dir, "--self_distillation_weight", "0.5",
+                    "--self_distillation_temperature", "3", "--gradient_equilibrium"))
+    options = {"self_distillation_weight": 0.5, "self_distillation_temperature": 3.0, "gradient_equilibrium": True}
+    config = json.loads((output_dir / "config.json").read_text())
+    arguments = json.loads((output_dir / "training_args.json").read_text())
+    assert {name: config[name] for name in options} == options
+    assert {name: arguments[name] for name in options} == options
+    # Off by default: a run without the flags trains as before.
+    run_main(_train(models, glue, task, tmp_path / "default"))
+    config = json.loads((tmp_path / "default" / "config.json").read_text())
+    assert {name: config[name] for name in options} == {"self_distillation_weight": 0.0,
+                                                        "self_distillation_temperature": 1.0,
+                                                        "gradient_equilibrium": False}
 
 
 def copy_task(glue, task, tmp_path):
@@ -650,6 +681,18 @@ BAD_INPUTS = {
         _train(m, g, "sts-b", o, "--regression_threshold", "-0.1"), ["regression_threshold", "-0.1"])),
     "nan regression_threshold": ("trained", lambda m, g, t, o: (
         _train(m, g, "sts-b", o, "--regression_threshold", "nan"), ["regression_threshold", "nan"])),
+    "exit_confidence above 1": ("trained", lambda m, g, t, o: (
+        _train(m, g, "sst-2", o, "--exit_confidence", "0.6,1.5"), ["exit_confidence", "0.6,1.5"])),
+    "negative exit_confidence": ("trained", lambda m, g, t, o: (
+        _train(m, g, "sst-2", o, "--exit_confidence", "-0.1"), ["exit_confidence", "-0.1"])),
+    "nan exit_confidence": ("trained", lambda m, g, t, o: (
+        _train(m, g, "sst-2", o, "--exit_confidence", "nan"), ["exit_confidence", "nan"])),
+    "exit_confidence on regression": ("trained", lambda m, g, t, o: (
+        _train(m, g, "sts-b", o, "--exit_confidence", "0.7"), ["exit_confidence", "regression"])),
+    "negative self_distillation_weight": ("trained", lambda m, g, t, o: (
+        _train(m, g, "sst-2", o, "--self_distillation_weight", "-1"), ["self_distillation_weight", "-1"])),
+    "zero self_distillation_temperature": ("trained", lambda m, g, t, o: (
+        _train(m, g, "sst-2", o, "--self_distillation_temperature", "0"), ["self_distillation_temperature", "0"])),
     "model folder that does not exist": ("trained", lambda m, g, t, o: (
         _train(m, g, "sst-2", o, "--model_name_or_path", t / "no-such-model"), ["no-such-model"])),
     "model name not on disk, offline": ("trained", lambda m, g, t, o: (

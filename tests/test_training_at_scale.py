@@ -107,6 +107,7 @@ def test_bf16_on_cpu_trains_and_evaluates(setup, tmp_path):
     run_script(command(setup, output_dir, "--do_train", "--do_eval", "--bf16", "--max_steps", "4",
                        "--patience", "0,1,2"))
     entries = json.loads((output_dir / "eval_results.json").read_text())["runs"][-1]["entries"]
+    entries = [entry for entry in entries if entry["criterion"] == "patience"]  # not the oracle bounds
     assert [entry["patience"] for entry in entries] == [0, 1, 2]
     assert all(entry["simulation_agreement"] == 1.0 for entry in entries)
     assert all(value.dtype.is_floating_point for value in weights(output_dir).values())
@@ -129,7 +130,9 @@ def test_torchrun_two_processes(setup, tmp_path):
 
     # Exactly one copy of each output.
     runs = json.loads((output_dir / "eval_results.json").read_text())["runs"]
-    assert len(runs) == 1 and len(runs[0]["entries"]) == 4
+    # Four patience values and the two oracle bounds, once each.
+    assert len(runs) == 1 and [entry["setting"] for entry in runs[0]["entries"]] == [
+        "patience 0", "patience 1", "patience 2", "patience 3", "oracle: full-depth answer", "oracle: earliest correct"]
     assert sorted(name for name in os.listdir(output_dir) if name.startswith("checkpoint-")) == [
         "checkpoint-3", "checkpoint-6"]
     assert len(list((output_dir / "runs").iterdir())) == 1
@@ -157,5 +160,5 @@ def test_old_launcher_two_processes(setup, tmp_path):
                                 "0", "--patience", "0,2"), launcher=launch)
     assert "Total train batch size (parallel, distributed & accumulation) = 8" in result.stderr
     runs = json.loads((output_dir / "eval_results.json").read_text())["runs"]
-    assert len(runs) == 1 and len(runs[0]["entries"]) == 2
+    assert len(runs) == 1 and len(runs[0]["entries"]) == 2 + 2  # two patience values, the two oracle bounds
     assert (output_dir / "model.safetensors").is_file()

@@ -1,17 +1,22 @@
-"""Which early-exit recipe pays off on a small sentence encoder: accuracy against speed-up per patience, per recipe.
+"""Which training recipe and exit rule pay off on a small sentence encoder: accuracy against layer speed-up.
 
-Each recipe fine-tunes the same backbone on the same data with the same budget and seed through
-run_glue_with_pabee.py, which then evaluates patience 0..L-1 (timed, batch 32; with --batch1 also batch 1). On top of
-its figures, this script measures each patience's accuracy difference against the recipe's own full-depth answer and
-against a plain fine-tuned classifier, with 95% paired bootstrap intervals over the dev examples (paired differences
-are far tighter than the +-2.5 points of an accuracy on 1,000 examples).
+Each recipe fine-tunes the same backbone on the same data through run_glue_with_pabee.py, once per seed and per
+training budget (--num_train_epochs). Every run is then evaluated on the dev set from one full-depth pass, which gives
+every rule's exact answers (no timing): patience 1..L-1, gated patience (each patience under each confidence gate),
+entropy and confidence thresholds, and the two oracle bounds (each review exits at the first layer whose answer equals
+the full-depth answer, or at its earliest correct layer). Per (budget, recipe, rule) it reports the setting with the
+best mean layer speed-up whose mean accuracy is within 1 point of plain fine-tuning (same budget and seeds), with a
+95% bootstrap interval of the paired difference over the dev reviews (each review's difference averaged over seeds).
+Finished runs are reused, so an interrupted study resumes where it stopped.
 
-    python benchmarks/study_exit_recipes.py --output_dir output/study            # the demo setting, ~35 min on 2 cores
-    python benchmarks/study_exit_recipes.py --recipes reference,mean --seeds 1,2  # a subset, more seeds
+    python benchmarks/study_exit_recipes.py --output_dir output/study          # 4 recipes, seed 42, the demo's budget
+    python benchmarks/study_exit_recipes.py --recipes plain,demo+distill --seeds 42,43,44 --num_train_epochs 1,3
 
-Recipes (see --help): plain (last layer only: the baseline), reference (the paper: pooler, weights 1..L), mean
-(internal classifiers over mean-pooled hidden states), mean-uniform (and uniform layer weights), mean-lr10 (and
-classifiers trained at 10x the learning rate).
+Recipes (see --help): plain (last layer only: the baseline), reference (the paper: pooler, layer weights 1..L), mean
+(classifiers over mean-pooled hidden states), mean-uniform (and uniform layer weights), demo (mean, classifiers at 10x
+the learning rate: the demo's recipe), and the training options alone and on top of the demo's recipe: distill
+(self-distillation from the last classifier, weight 1, temperature 2), ge (gradient equilibrium), and their
+combinations (distill+ge, demo+distill, demo+ge, demo+distill+ge).
 """
 
 import argparse
@@ -28,77 +33,95 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import run_glue_with_pabee  # noqa: E402
 from pabee import BertForSequenceClassificationWithPabee  # noqa: E402
-from pabee.evaluation import ExitSetting, answers, predict, simulate  # noqa: E402
+from pabee.evaluation import ExitSetting, answers, oracle_settings, predict, simulate  # noqa: E402
 from pabee.features import convert_examples_to_features  # noqa: E402
 from pabee.glue import get_task, read_glue_split  # noqa: E402
 
+MEAN = ["--exit_pooling", "mean"]
+DEMO = [*MEAN, "--classifier_lr_multiplier", "10"]
+DISTILL = ["--self_distillation_weight", "1", "--self_distillation_temperature", "2"]
+GE = ["--gradient_equilibrium"]
 RECIPES = {
     "plain": ["--layer_loss_weights", "last"],
     "reference": [],
-    "mean": ["--exit_pooling", "mean"],
-    "mean-uniform": ["--exit_pooling", "mean", "--layer_loss_weights", "uniform"],
-    "mean-lr10": ["--exit_pooling", "mean", "--classifier_lr_multiplier", "10"],
+    "mean": MEAN,
+    "mean-uniform": [*MEAN, "--layer_loss_weights", "uniform"],
+    "demo": DEMO,
+    "distill": DISTILL,
+    "ge": GE,
+    "distill+ge": [*DISTILL, *GE],
+    "demo+distill": [*DEMO, *DISTILL],
+    "demo+ge": [*DEMO, *GE],
+    "demo+distill+ge": [*DEMO, *DISTILL, *GE],
 }
+DEFAULT_RECIPES = "plain,demo,demo+distill,demo+distill+ge"
+# The demo's training, but for the budget (--num_train_epochs).
 DEMO_TRAINING = ["--max_seq_length", "64", "--per_gpu_train_batch_size", "32", "--learning_rate", "5e-5",
-                 "--num_train_epochs", "1", "--warmup_steps", "30", "--logging_steps", "50", "--save_steps", "0"]
+                 "--warmup_steps", "30", "--logging_steps", "50", "--save_steps", "0"]
+GATES = (0.6, 0.7, 0.8)
+ENTROPY_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 14))  # 0.05 .. 0.65 nats (two classes: ln 2 = 0.69)
+CONFIDENCE_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(1, 10))  # 0.55 .. 0.95
+RULES = ("patience", "gated patience", "entropy", "confidence")
+PABEE_FAMILY = ("patience", "gated patience")
+TOLERANCE = 1.0  # points of accuracy below plain fine-tuning that a setting may lose
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="output/study", help="Where each recipe's run and the results go.")
-    parser.add_argument("--recipes", default=",".join(RECIPES),
-                        help=f"Comma-separated recipes among {', '.join(RECIPES)}; 'plain' is the baseline.")
+    parser.add_argument("--output_dir", default="output/study",
+                        help="Where each run (OUTPUT_DIR/epochs-E/RECIPE/seed-S) and the results go.")
+    parser.add_argument("--recipes", default=DEFAULT_RECIPES,
+                        help=f"Comma-separated recipes among {', '.join(RECIPES)}; 'plain', the baseline, is always "
+                             "run too.")
     parser.add_argument("--seeds", default="42", help="Comma-separated seeds; each recipe is trained once per seed.")
+    parser.add_argument("--num_train_epochs", default="1",
+                        help="Comma-separated training budgets in epochs (the demo's is 1); each is a separate study.")
     parser.add_argument("--data_dir", default="data/SST-2",
                         help="A GLUE SST-2 folder; built from the demo corpus (python -m pabee.demo_data) if missing.")
     parser.add_argument("--model_name_or_path", default=None,
                         help="Backbone to fine-tune. Default: the demo's pretrained MiniLM.")
-    parser.add_argument("--batch1", action="store_true",
-                        help="Also time every patience at evaluation batch size 1 (slow: one example at a time).")
     parser.add_argument("--bootstrap", type=int, default=2000, help="Bootstrap resamples for the intervals.")
     parser.add_argument("--training_args", default=None,
                         help="Training flags for run_glue_with_pabee.py, replacing the demo's (quote them).")
-    return parser.parse_args(argv)
+    parser.add_argument("--plot", default="docs/exit_frontier.png",
+                        help="Where to draw each rule's frontier against the oracle, for the leading recipe of the "
+                             "first budget ('' for no plot).")
+    args = parser.parse_args(argv)
+    args.recipes = list(dict.fromkeys(["plain", *args.recipes.split(",")]))  # the baseline first
+    unknown = [recipe for recipe in args.recipes if recipe not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipes {unknown}; choose among {', '.join(RECIPES)}")
+    try:
+        args.seeds = [int(seed) for seed in args.seeds.split(",")]
+        args.num_train_epochs = [float(epochs) for epochs in args.num_train_epochs.split(",")]
+    except ValueError as error:
+        parser.error(f"--seeds takes integers and --num_train_epochs numbers: {error}")
+    return args
 
 
-def train_and_evaluate(args, recipe, seed, num_layers):
-    """Fine-tune one recipe (or reuse a finished run) and return its output folder."""
-    output_dir = Path(args.output_dir) / recipe / f"seed-{seed}"
-    patience = ",".join(str(p) for p in range(num_layers))
+def run_dir(args, epochs, recipe, seed):
+    return Path(args.output_dir) / f"epochs-{epochs:g}" / recipe / f"seed-{seed}"
+
+
+def train(args, epochs, recipe, seed, num_layers):
+    """Fine-tune one recipe unless a finished run is there; returns its output folder."""
+    output_dir = run_dir(args, epochs, recipe, seed)
+    if (output_dir / "model.safetensors").exists():
+        return output_dir
     training = args.training_args.split() if args.training_args else DEMO_TRAINING
     model = ["--model_name_or_path", args.model_name_or_path] if args.model_name_or_path else []
-    if not (output_dir / "model.safetensors").exists():
-        run_glue_with_pabee.main([
-            "--task_name", "SST-2", "--data_dir", args.data_dir, "--output_dir", str(output_dir), *model,
-            "--do_train", "--do_eval", "--overwrite_output_dir", "--seed", str(seed), "--patience", patience,
-            "--per_gpu_eval_batch_size", "32", *training, *RECIPES[recipe],
-        ])
-    if args.batch1 and not batch1_entries(output_dir):
-        run_glue_with_pabee.main([
-            "--task_name", "SST-2", "--data_dir", args.data_dir, "--output_dir", str(output_dir), "--do_eval",
-            "--patience", patience, "--per_gpu_eval_batch_size", "1", *max_length(training),
-        ])
+    run_glue_with_pabee.main([
+        "--task_name", "SST-2", "--data_dir", args.data_dir, "--output_dir", str(output_dir), *model,
+        "--do_train", "--do_eval", "--sweep_from_one_pass", "--overwrite_output_dir", "--seed", str(seed),
+        "--patience", ",".join(str(p) for p in range(num_layers)), "--exit_confidence", ",".join(map(str, GATES)),
+        "--per_gpu_eval_batch_size", "32", "--num_train_epochs", f"{epochs:g}", *training, *RECIPES[recipe],
+    ])
     return output_dir
 
 
-def max_length(training_flags):
-    """The --max_seq_length of the training flags, for evaluating on the same inputs."""
-    index = training_flags.index("--max_seq_length") if "--max_seq_length" in training_flags else None
-    return [] if index is None else training_flags[index : index + 2]
-
-
-def read_runs(output_dir):
-    with open(output_dir / "eval_results.json") as file:
-        return json.load(file)["runs"]
-
-
-def batch1_entries(output_dir):
-    return [e for run in read_runs(output_dir) for e in run["entries"] if e["batch_size"] == 1]
-
-
 @torch.no_grad()
-def correctness(output_dir, data_dir, num_layers):
-    """Per patience, whether each dev example is answered correctly: (patience -> bool array), from one pass."""
+def full_depth_pass(output_dir, data_dir):
+    """Every classifier's logits on the dev set, from one pass through every layer."""
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
     from transformers import AutoTokenizer, DataCollatorWithPadding
@@ -110,14 +133,36 @@ def correctness(output_dir, data_dir, num_layers):
         max_seq_length = json.load(file)["max_seq_length"]
     features = convert_examples_to_features(read_glue_split(data_dir, task, "dev"), task, tokenizer, max_seq_length)
     loader = DataLoader(features, batch_size=64, collate_fn=DataCollatorWithPadding(tokenizer))
-    accelerator = Accelerator(cpu=True)
-    full_depth = predict(model, loader, accelerator, ExitSetting("patience", 0).model_kwargs(0.1), "dev every layer",
-                         all_layers=True)
+    return predict(model, loader, Accelerator(cpu=True), ExitSetting("patience", 0).model_kwargs(0.1),
+                   "dev every layer", all_layers=True)
+
+
+def rule_settings(num_layers):
+    """Every setting of every rule the study compares, by rule."""
+    patience = range(1, num_layers - 1)  # patience >= L - 1 never exits early
     return {
-        patience: answers(task, simulate(full_depth, ExitSetting("patience", patience), 0.1).logits)
-        == full_depth.labels
-        for patience in range(num_layers)
+        "patience": [ExitSetting("patience", p) for p in patience],
+        "gated patience": [ExitSetting("patience", p, gate) for gate in GATES for p in patience],
+        "entropy": [ExitSetting("entropy", threshold) for threshold in ENTROPY_THRESHOLDS],
+        "confidence": [ExitSetting("confidence", threshold) for threshold in CONFIDENCE_THRESHOLDS],
     }
+
+
+def analyse_run(full_depth, num_layers):
+    """Per setting (and oracle): which dev reviews it answers correctly, and its layer speed-up."""
+    task = get_task("sst-2")
+    settings = {rule: list(values) for rule, values in rule_settings(num_layers).items()}
+    settings["oracle"] = oracle_settings(task, labelled=True)
+    results = {}
+    for rule, values in settings.items():
+        for setting in values:
+            simulated = simulate(full_depth, setting, 0.1)
+            results[rule, setting.label] = {"correct": answers(task, simulated.logits) == full_depth.labels,
+                                            "layer_speedup": num_layers / simulated.exit_layers.mean()}
+    layers = full_depth.all_layer_logits.argmax(axis=-1).T  # (layers, reviews): each classifier's answers
+    layer_accuracy = (layers == full_depth.labels).mean(axis=1)
+    agreement = (layers == layers[-1]).mean(axis=1)  # with the full-depth answer
+    return results, {"layer_accuracy": list(100 * layer_accuracy), "agreement_with_full_depth": list(100 * agreement)}
 
 
 def paired_interval(difference_per_example, resamples, seed=0):
@@ -128,14 +173,100 @@ def paired_interval(difference_per_example, resamples, seed=0):
     return 100 * difference_per_example.mean(), 100 * np.percentile(means, 2.5), 100 * np.percentile(means, 97.5)
 
 
+def summarize_recipe(runs, plain_runs, seeds, bootstrap):
+    """
+    Per setting of one (budget, recipe), over `seeds`: mean and spread of accuracy, mean layer speed-up, and the
+    difference with plain fine-tuning of the same seed, paired per review. Then each rule's best setting within
+    TOLERANCE points of plain.
+    """
+    plain = np.mean([plain_runs[seed]["oracle", "oracle: full-depth answer"]["correct"] for seed in seeds], axis=0)
+    settings = []
+    for key in runs[seeds[0]]:
+        correct = np.array([runs[seed][key]["correct"] for seed in seeds], dtype=float)  # (seeds, reviews)
+        accuracy = 100 * correct.mean(axis=1)
+        difference = paired_interval(correct.mean(axis=0) - plain, bootstrap)
+        settings.append({"rule": key[0], "setting": key[1], "accuracy": float(accuracy.mean()),
+                         "accuracy_std": float(accuracy.std(ddof=1)) if len(seeds) > 1 else None,
+                         "vs_plain": [float(value) for value in difference],
+                         "layer_speedup": float(np.mean([runs[seed][key]["layer_speedup"] for seed in seeds]))})
+    best = {}
+    for rule in RULES:
+        within = [s for s in settings if s["rule"] == rule and s["vs_plain"][0] >= -TOLERANCE]
+        best[rule] = max(within, key=lambda s: s["layer_speedup"]) if within else None
+    return settings, best
+
+
+def format_report(study, args):
+    lines = [f"Seeds {', '.join(map(str, args.seeds))}; plain fine-tuning is the baseline of its own budget and seeds. "
+             f"Best: the highest mean layer speed-up whose mean accuracy is at most {TOLERANCE:g} point below plain; "
+             "vs plain: points, [95% paired bootstrap interval over the dev reviews].", ""]
+    for budget in study:
+        lines += [f"### {budget['epochs']:g} epoch(s), seeds {', '.join(map(str, budget['seeds']))}", "",
+                  "| recipe | layer | " + " | ".join(str(i) for i in range(1, budget["num_layers"] + 1)) + " |",
+                  "|---|---|" + "---|" * budget["num_layers"]]
+        for recipe, summary in budget["recipes"].items():
+            for name, label in (("layer_accuracy", "accuracy alone"), ("agreement_with_full_depth",
+                                                                        "agrees with full depth")):
+                values = np.mean([layers[name] for layers in summary["layers"].values()], axis=0)
+                lines.append(f"| {recipe} | {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+        lines += ["", "| recipe | rule | best setting | accuracy | vs plain | layer speed-up |",
+                  "|---|---|---|---|---|---|"]
+        for recipe, summary in budget["recipes"].items():
+            oracles = [s for s in summary["settings"] if s["rule"] == "oracle"]
+            for rule, best in [*summary["best"].items(), *((s["setting"], s) for s in oracles)]:
+                if best is None:
+                    lines.append(f"| {recipe} | {rule} | none within {TOLERANCE:g} point | | | |")
+                    continue
+                spread = "" if best["accuracy_std"] is None else f" ± {best['accuracy_std']:.1f}"
+                mean, low, high = best["vs_plain"]
+                lines.append(f"| {recipe} | {rule} | {best['setting']} | {best['accuracy']:.1f}{spread} | "
+                             f"{mean:+.1f} [{low:+.1f}, {high:+.1f}] | {best['layer_speedup']:.2f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def leading_recipe(budget):
+    """The recipe whose best PABEE-family setting within tolerance has the highest layer speed-up."""
+    def speedup(recipe):
+        bests = [budget["recipes"][recipe]["best"].get(rule) for rule in PABEE_FAMILY]
+        return max((best["layer_speedup"] for best in bests if best), default=0.0)
+
+    return max(budget["recipes"], key=speedup)
+
+
+def plot_frontier(budget, recipe, path):
+    """Each rule's frontier (accuracy vs plain against layer speed-up) and the oracle bounds, for one recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = budget["recipes"][recipe]["settings"]
+    figure, axes = plt.subplots(figsize=(7.5, 4.5))
+    for rule, marker in zip(RULES, "oDs^"):
+        points = sorted((s["layer_speedup"], s["vs_plain"][0]) for s in settings if s["rule"] == rule)
+        frontier = [point for point in points if not any(other[0] >= point[0] and other[1] > point[1]
+                                                         for other in points)]  # the best accuracy per speed-up
+        axes.plot(*zip(*frontier), marker=marker, label=rule)
+    for oracle, marker in zip([s for s in settings if s["rule"] == "oracle"], "PX"):
+        axes.plot([oracle["layer_speedup"]], [oracle["vs_plain"][0]], marker=marker, markersize=12, linestyle="none",
+                  label=oracle["setting"])
+    axes.axhline(-TOLERANCE, color="gray", linestyle="--", linewidth=1, label=f"{TOLERANCE:g} point below plain")
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.set_ylim(max(axes.get_ylim()[0], -8), None)
+    axes.set_xlabel("layer speed-up (layers / average exit layer)")
+    axes.set_ylabel("accuracy - plain fine-tuning (points)")
+    axes.set_title(f"{recipe}, {budget['epochs']:g} epoch(s), mean of {len(budget['seeds'])} seed(s)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    # The plain baseline first, so that every other recipe can be compared with it.
-    recipes = sorted(args.recipes.split(","), key=lambda recipe: recipe != "plain")
-    unknown = set(recipes) - set(RECIPES)
-    if unknown:
-        sys.exit(f"study_exit_recipes.py: error: unknown recipes {sorted(unknown)}; choose among {list(RECIPES)}")
-    seeds = [int(seed) for seed in args.seeds.split(",")]
     if not os.path.isdir(args.data_dir):
         from pabee.demo_data import build_sst2_demo
 
@@ -145,68 +276,38 @@ def main(argv=None):
 
     num_layers = AutoConfig.from_pretrained(backbone).num_hidden_layers
 
-    rows, correct = [], {}
-    for recipe in recipes:
-        for seed in seeds:
-            output_dir = train_and_evaluate(args, recipe, seed, num_layers)
-            correct[recipe, seed] = correctness(output_dir, args.data_dir, num_layers)
-            timed = {(e["batch_size"], e["patience"]): e for run in read_runs(output_dir) for e in run["entries"]
-                     if e["checkpoint"] == "final"}
-            # The plain baseline's internal classifiers are untrained: only its full depth means something.
-            for patience in range(1 if recipe == "plain" else num_layers):
-                entry = timed[32, patience]
-                row = {"recipe": recipe, "seed": seed, "patience": patience, "acc": 100 * entry["metrics"]["acc"],
-                       "avg_exit_layer": entry["avg_exit_layer"], "layer_speedup": entry["layer_speedup"],
-                       "wall_speedup_batch32": entry["wall_speedup"],
-                       "wall_speedup_batch1": timed.get((1, patience), {}).get("wall_speedup")}
-                own = correct[recipe, seed][patience].astype(float) - correct[recipe, seed][0]
-                row["vs_full_depth"] = paired_interval(own, args.bootstrap)
-                if ("plain", seed) in correct:
-                    versus_plain = correct[recipe, seed][patience].astype(float) - correct["plain", seed][0]
-                    row["vs_plain"] = paired_interval(versus_plain, args.bootstrap)
-                rows.append(row)
+    study = []
+    for epochs in args.num_train_epochs:
+        runs, layers = {}, {}
+        for recipe in args.recipes:
+            for seed in args.seeds:
+                output_dir = train(args, epochs, recipe, seed, num_layers)
+                runs[recipe, seed], layers[recipe, seed] = analyse_run(full_depth_pass(output_dir, args.data_dir),
+                                                                       num_layers)
+        budget = {"epochs": epochs, "seeds": args.seeds, "num_layers": num_layers, "recipes": {}}
+        plain_runs = {seed: runs["plain", seed] for seed in args.seeds}
+        for recipe in args.recipes:
+            recipe_runs = {seed: runs[recipe, seed] for seed in args.seeds}
+            settings, best = summarize_recipe(recipe_runs, plain_runs, args.seeds, args.bootstrap)
+            if recipe == "plain":  # its internal classifiers are untrained: only its full depth means something
+                settings = [s for s in settings if s["rule"] == "oracle"]
+                best = {}
+            budget["recipes"][recipe] = {"flags": RECIPES[recipe], "settings": settings, "best": best,
+                                         "layers": {str(seed): layers[recipe, seed] for seed in args.seeds}}
+        budget["leading_recipe"] = leading_recipe(budget)
+        study.append(budget)
 
-    layer_accuracy = {f"{recipe}/seed-{seed}": per_layer_accuracy(Path(args.output_dir) / recipe / f"seed-{seed}")
-                      for recipe, seed in correct}
-    report = format_report(rows)
+    report = format_report(study, args)
     print(report)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "study_results.json"), "w") as file:
-        json.dump({"rows": rows, "layer_accuracy": layer_accuracy, "recipes": {r: RECIPES[r] for r in recipes},
-                   "training_args": args.training_args or " ".join(DEMO_TRAINING), "seeds": seeds}, file, indent=2)
+        json.dump({"study": study, "training_args": args.training_args or " ".join(DEMO_TRAINING),
+                   "gates": GATES, "tolerance_points": TOLERANCE}, file, indent=2)
     with open(os.path.join(args.output_dir, "study_results.md"), "w") as file:
         file.write(report + "\n")
-    return rows
-
-
-def per_layer_accuracy(output_dir):
-    """The accuracy of each internal classifier alone, as kept by run_glue_with_pabee.py's evaluation."""
-    layers = next(layer for run in read_runs(output_dir) for layer in run["layer_metrics"]
-                  if layer["checkpoint"] == "final")
-    return [100 * row["acc"] for row in layers["layers"]]
-
-
-def format_report(rows):
-    def interval(value):
-        if value is None:
-            return "-"
-        mean, low, high = value
-        return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]"
-
-    def speedup(value):
-        return "-" if value is None else f"{value:.2f}x"
-
-    lines = ["| recipe | seed | patience | accuracy | vs own full depth | vs plain | avg exit layer | "
-             "layer speed-up | wall speed-up (batch 32) | wall speed-up (batch 1) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(
-            f"| {row['recipe']} | {row['seed']} | {row['patience']} | {row['acc']:.1f} | "
-            f"{interval(row['vs_full_depth'])} | {interval(row.get('vs_plain'))} | {row['avg_exit_layer']:.2f} | "
-            f"{row['layer_speedup']:.2f}x | {speedup(row['wall_speedup_batch32'])} | "
-            f"{speedup(row['wall_speedup_batch1'])} |"
-        )
-    return "\n".join(lines)
+    if args.plot:
+        plot_frontier(study[0], study[0]["leading_recipe"], args.plot)
+    return study
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import torch
 from fixtures_glue import NUM_LAYERS, save_tiny_model, write_glue_task
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "study_exit_recipes.py"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture()
@@ -24,40 +25,67 @@ def test_tiny_study(study, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        model = save_tiny_model(tmp_path / "model", "bert")
-        data_dir = write_glue_task(tmp_path / "SST-2", "sst-2")
-        output_dir = tmp_path / "study"
-        rows = study.main([
-            "--output_dir", str(output_dir), "--recipes", "mean,plain,reference", "--seeds", "3",
-            "--data_dir", data_dir, "--model_name_or_path", model, "--bootstrap", "50",
+    model = save_tiny_model(tmp_path / "model", "bert")
+    data_dir = write_glue_task(tmp_path / "SST-2", "sst-2")
+    output_dir = tmp_path / "study"
+    argv = ["--output_dir", str(output_dir), "--recipes", "demo+distill+ge,distill", "--seeds", "3",
+            "--num_train_epochs", "1", "--data_dir", data_dir, "--model_name_or_path", model, "--bootstrap", "50",
+            "--plot", str(tmp_path / "docs" / "frontier.png"),
             "--training_args", "--max_steps 3 --max_seq_length 32 --per_gpu_train_batch_size 8 --save_steps 0 "
-                               "--logging_steps 5 --no_cuda",
-        ])
+                               "--logging_steps 5 --no_cuda"]
+    try:
+        study_results = study.main(argv)
+        run = output_dir / "epochs-1" / "demo+distill+ge" / "seed-3"
+        trained_at = (run / "model.safetensors").stat().st_mtime_ns
+        again = study.main(argv)  # resumes: every run is there, none is trained again
     finally:
         torch.set_num_threads(threads)
+    assert (run / "model.safetensors").stat().st_mtime_ns == trained_at
+    assert json.loads(json.dumps(again)) == json.loads(json.dumps(study_results))
+
+    # Each recipe's flags reach the saved config.
+    config = json.loads((run / "config.json").read_text())
+    assert (config["exit_pooling"], config["self_distillation_weight"], config["self_distillation_temperature"],
+            config["gradient_equilibrium"]) == ("mean", 1.0, 2.0, True)
+    plain = json.loads((output_dir / "epochs-1" / "plain" / "seed-3" / "config.json").read_text())
+    assert plain["layer_loss_weights"] == "last" and plain["self_distillation_weight"] == 0.0
 
     results = json.loads((output_dir / "study_results.json").read_text())
-    assert results["rows"] == json.loads(json.dumps(rows))
-    by_recipe = {}
-    for row in rows:
-        by_recipe.setdefault(row["recipe"], []).append(row["patience"])
-    # The baseline is trained first and reported at full depth only; the others at every patience.
-    assert list(by_recipe) == ["plain", "mean", "reference"]
-    assert by_recipe["plain"] == [0] and by_recipe["mean"] == list(range(NUM_LAYERS))
-    for row in rows:
-        mean, low, high = row["vs_full_depth"]
-        assert low <= mean <= high
-        if row["patience"] == 0:
-            assert list(row["vs_full_depth"]) == [0.0, 0.0, 0.0]
-        if row["recipe"] != "plain":
-            assert "vs_plain" in row and row["avg_exit_layer"] <= NUM_LAYERS
-    assert set(results["layer_accuracy"]) == {"plain/seed-3", "mean/seed-3", "reference/seed-3"}
-    assert all(len(values) == NUM_LAYERS for values in results["layer_accuracy"].values())
+    (budget,) = results["study"]
+    assert budget["epochs"] == 1 and budget["seeds"] == [3]
+    # The baseline is always run, first; then the recipes asked for.
+    assert list(budget["recipes"]) == ["plain", "demo+distill+ge", "distill"]
+    recipe = budget["recipes"]["distill"]
+    rules = {setting["rule"] for setting in recipe["settings"]}
+    assert rules == {"patience", "gated patience", "entropy", "confidence", "oracle"}
+    gated = [s["setting"] for s in recipe["settings"] if s["rule"] == "gated patience"]
+    assert len(gated) == len(study.GATES) * (NUM_LAYERS - 2)
+    by_setting = {s["setting"]: s for s in recipe["settings"]}
+    agreeing = by_setting["oracle: full-depth answer"]
+    # Paired with plain of the same seed; the bounds: full-depth answers, and the earliest correct layer.
+    for setting in recipe["settings"]:
+        mean, low, high = setting["vs_plain"]
+        assert low <= mean <= high and 1 <= setting["layer_speedup"] <= NUM_LAYERS
+    assert by_setting["oracle: earliest correct"]["accuracy"] >= agreeing["accuracy"]
+    assert agreeing["layer_speedup"] >= max(s["layer_speedup"] for s in recipe["settings"]
+                                            if s["accuracy"] == agreeing["accuracy"] and s["rule"] != "oracle")
+    # Each rule's best setting is the fastest within a point of plain.
+    for rule, best in recipe["best"].items():
+        candidates = [s for s in recipe["settings"] if s["rule"] == rule and s["vs_plain"][0] >= -1.0]
+        assert (best is None) == (not candidates)
+        if best:
+            assert best["layer_speedup"] == max(s["layer_speedup"] for s in candidates)
+    layers = recipe["layers"]["3"]
+    assert len(layers["layer_accuracy"]) == len(layers["agreement_with_full_depth"]) == NUM_LAYERS
+    assert layers["agreement_with_full_depth"][-1] == 100.0
+    assert budget["leading_recipe"] in ("demo+distill+ge", "distill")
 
-    mean_config = json.loads((output_dir / "mean" / "seed-3" / "config.json").read_text())
-    assert mean_config["exit_pooling"] == "mean"
-    plain_config = json.loads((output_dir / "plain" / "seed-3" / "config.json").read_text())
-    assert plain_config["layer_loss_weights"] == "last"
-    table = (output_dir / "study_results.md").read_text().splitlines()
-    assert table[0].startswith("| recipe |") and len(table) == 2 + len(rows)
+    report = (output_dir / "study_results.md").read_text()
+    assert "| distill | gated patience |" in report and "oracle: full-depth answer" in report
+    assert (tmp_path / "docs" / "frontier.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_unknown_recipe_is_one_line_error(study, capsys):
+    with pytest.raises(SystemExit):
+        study.main(["--recipes", "plain,nope"])
+    assert "unknown recipes ['nope']" in capsys.readouterr().err

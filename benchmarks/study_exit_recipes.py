@@ -10,7 +10,8 @@ best mean layer speed-up whose mean accuracy is within 1 point of plain fine-tun
 Finished runs are reused, so an interrupted study resumes where it stopped.
 
     python benchmarks/study_exit_recipes.py --output_dir output/study          # 4 recipes, seed 42, the demo's budget
-    python benchmarks/study_exit_recipes.py --recipes plain,demo+distill --seeds 42,43,44 --num_train_epochs 1,3
+    python benchmarks/study_exit_recipes.py --leading_recipes demo+distill --leading_seeds 42,43,44 \
+        --num_train_epochs 1,3                                 # and two more seeds of plain and demo+distill; 3 epochs
 
 Recipes (see --help): plain (last layer only: the baseline), reference (the paper: pooler, layer weights 1..L), mean
 (classifiers over mean-pooled hidden states), mean-uniform (and uniform layer weights), demo (mean, classifiers at 10x
@@ -74,6 +75,10 @@ def parse_args(argv=None):
                         help=f"Comma-separated recipes among {', '.join(RECIPES)}; 'plain', the baseline, is always "
                              "run too.")
     parser.add_argument("--seeds", default="42", help="Comma-separated seeds; each recipe is trained once per seed.")
+    parser.add_argument("--leading_recipes", default="",
+                        help="Comma-separated recipes (among --recipes) trained with --leading_seeds instead, as is "
+                             "plain (with both seed lists), to see how much of their figures is training noise.")
+    parser.add_argument("--leading_seeds", default="42,43,44", help="The seeds of --leading_recipes.")
     parser.add_argument("--num_train_epochs", default="1",
                         help="Comma-separated training budgets in epochs (the demo's is 1); each is a separate study.")
     parser.add_argument("--data_dir", default="data/SST-2",
@@ -87,15 +92,22 @@ def parse_args(argv=None):
                         help="Where to draw each rule's frontier against the oracle, for the leading recipe of the "
                              "first budget ('' for no plot).")
     args = parser.parse_args(argv)
-    args.recipes = list(dict.fromkeys(["plain", *args.recipes.split(",")]))  # the baseline first
+    args.leading_recipes = [recipe for recipe in args.leading_recipes.split(",") if recipe]
+    args.recipes = list(dict.fromkeys(["plain", *args.recipes.split(","), *args.leading_recipes]))  # baseline first
     unknown = [recipe for recipe in args.recipes if recipe not in RECIPES]
     if unknown:
         parser.error(f"unknown recipes {unknown}; choose among {', '.join(RECIPES)}")
     try:
-        args.seeds = [int(seed) for seed in args.seeds.split(",")]
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        leading_seeds = [int(seed) for seed in args.leading_seeds.split(",")]
         args.num_train_epochs = [float(epochs) for epochs in args.num_train_epochs.split(",")]
     except ValueError as error:
-        parser.error(f"--seeds takes integers and --num_train_epochs numbers: {error}")
+        parser.error(f"--seeds and --leading_seeds take integers, --num_train_epochs numbers: {error}")
+    args.seeds = {recipe: seeds for recipe in args.recipes}
+    for recipe in args.leading_recipes:
+        args.seeds[recipe] = leading_seeds
+    if args.leading_recipes:
+        args.seeds["plain"] = sorted(set(seeds) | set(leading_seeds))
     return args
 
 
@@ -197,11 +209,13 @@ def summarize_recipe(runs, plain_runs, seeds, bootstrap):
 
 
 def format_report(study, args):
-    lines = [f"Seeds {', '.join(map(str, args.seeds))}; plain fine-tuning is the baseline of its own budget and seeds. "
-             f"Best: the highest mean layer speed-up whose mean accuracy is at most {TOLERANCE:g} point below plain; "
+    lines = ["Plain fine-tuning is the baseline of its own budget and of each recipe's seeds. Accuracy: mean (± standard "
+             f"deviation over seeds, with several). Best: the highest mean layer speed-up whose mean accuracy is at most {TOLERANCE:g} point below plain; "
              "vs plain: points, [95% paired bootstrap interval over the dev reviews].", ""]
     for budget in study:
-        lines += [f"### {budget['epochs']:g} epoch(s), seeds {', '.join(map(str, budget['seeds']))}", "",
+        seeds = "; ".join(f"{recipe} {', '.join(map(str, summary['seeds']))}"
+                          for recipe, summary in budget["recipes"].items())
+        lines += [f"### {budget['epochs']:g} epoch(s); seeds: {seeds}", "",
                   "| recipe | layer | " + " | ".join(str(i) for i in range(1, budget["num_layers"] + 1)) + " |",
                   "|---|---|" + "---|" * budget["num_layers"]]
         for recipe, summary in budget["recipes"].items():
@@ -256,7 +270,8 @@ def plot_frontier(budget, recipe, path):
     axes.set_ylim(max(axes.get_ylim()[0], -8), None)
     axes.set_xlabel("layer speed-up (layers / average exit layer)")
     axes.set_ylabel("accuracy - plain fine-tuning (points)")
-    axes.set_title(f"{recipe}, {budget['epochs']:g} epoch(s), mean of {len(budget['seeds'])} seed(s)")
+    axes.set_title(f"{recipe}, {budget['epochs']:g} epoch(s), mean of {len(budget['recipes'][recipe]['seeds'])} "
+                   "seed(s)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
@@ -280,20 +295,21 @@ def main(argv=None):
     for epochs in args.num_train_epochs:
         runs, layers = {}, {}
         for recipe in args.recipes:
-            for seed in args.seeds:
+            for seed in args.seeds[recipe]:
                 output_dir = train(args, epochs, recipe, seed, num_layers)
                 runs[recipe, seed], layers[recipe, seed] = analyse_run(full_depth_pass(output_dir, args.data_dir),
                                                                        num_layers)
-        budget = {"epochs": epochs, "seeds": args.seeds, "num_layers": num_layers, "recipes": {}}
-        plain_runs = {seed: runs["plain", seed] for seed in args.seeds}
+        budget = {"epochs": epochs, "num_layers": num_layers, "recipes": {}}
+        plain_runs = {seed: runs["plain", seed] for seed in args.seeds["plain"]}
         for recipe in args.recipes:
-            recipe_runs = {seed: runs[recipe, seed] for seed in args.seeds}
-            settings, best = summarize_recipe(recipe_runs, plain_runs, args.seeds, args.bootstrap)
+            seeds = args.seeds[recipe]
+            settings, best = summarize_recipe({seed: runs[recipe, seed] for seed in seeds}, plain_runs, seeds,
+                                              args.bootstrap)
             if recipe == "plain":  # its internal classifiers are untrained: only its full depth means something
                 settings = [s for s in settings if s["rule"] == "oracle"]
                 best = {}
-            budget["recipes"][recipe] = {"flags": RECIPES[recipe], "settings": settings, "best": best,
-                                         "layers": {str(seed): layers[recipe, seed] for seed in args.seeds}}
+            budget["recipes"][recipe] = {"flags": RECIPES[recipe], "seeds": seeds, "settings": settings,
+                                         "best": best, "layers": {str(seed): layers[recipe, seed] for seed in seeds}}
         budget["leading_recipe"] = leading_recipe(budget)
         study.append(budget)
 

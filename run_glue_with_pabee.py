@@ -40,9 +40,8 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoTokenizer, DataCollatorWithPadding
 
-from pabee import AlbertForSequenceClassificationWithPabee, BertForSequenceClassificationWithPabee
 from pabee.checkpoints import (
     TRAINER_STATE,
     DamagedCheckpointError,
@@ -64,15 +63,12 @@ from pabee.glue import (
     main_metric_name,
     read_glue_split,
 )
+from pabee.models import MODEL_CLASSES, load_pabee_config, model_family
 from pabee.sweep import evaluate, exit_settings, log_evaluation, plot_results, write_test_predictions
 from pabee.training import save_arguments, train
 
 logger = logging.getLogger(__name__)
 
-MODEL_CLASSES = {
-    "bert": BertForSequenceClassificationWithPabee,
-    "albert": AlbertForSequenceClassificationWithPabee,
-}
 # STS-B scores run from 0 to 5: a layer whose score moved by less than 0.1 is taken to agree with the layer before.
 DEFAULT_REGRESSION_THRESHOLD = 0.1
 
@@ -356,14 +352,14 @@ def load_splits(args, splits, tokenizer, model_type):
 
 
 def load_config(args, path):
+    """The PABEE config of the model at `path` (a pretrained backbone's gets the default PABEE settings)."""
+    source = args.config_name or path
     try:
-        config = AutoConfig.from_pretrained(args.config_name or path, cache_dir=args.cache_dir)
+        config, family = load_pabee_config(source, cache_dir=args.cache_dir)
     except (OSError, ValueError) as error:
-        raise InputError(f"cannot load a model config from {args.config_name or path!r}: {first_line(error)}")
-    if config.model_type not in MODEL_CLASSES:
-        raise InputError(f"{path} is a {config.model_type!r} model; supported model types: {', '.join(MODEL_CLASSES)}")
-    if args.model_type and args.model_type != config.model_type:
-        raise InputError(f"--model_type {args.model_type} but {path} holds a {config.model_type} model")
+        raise InputError(f"cannot load a model config from {source!r}: {first_line(error)}")
+    if args.model_type and args.model_type != family:
+        raise InputError(f"--model_type {args.model_type} but {path} holds a {family} model")
     return config
 
 
@@ -385,13 +381,18 @@ def load_model(args, path, for_training):
     elif config.num_labels != task.num_labels:
         raise InputError(f"the model in {path} has {config.num_labels} labels but {task.name} needs {task.num_labels}")
     try:
-        return MODEL_CLASSES[config.model_type].from_pretrained(path, config=config, cache_dir=args.cache_dir)
+        model_class = MODEL_CLASSES[model_family(config.model_type)]
+        return model_class.from_pretrained(path, config=config, cache_dir=args.cache_dir)
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # missing, or damaged weights
         raise InputError(f"cannot load the model from {path!r}: {first_line(error)}")
 
 
-def load_tokenizer(args, path):
+def load_tokenizer(args, path, config):
     kwargs = {"do_lower_case": True} if args.do_lower_case else {}
+    if args.tokenizer_name is None:
+        # The model's config, already read: AutoTokenizer would otherwise read it again with AutoConfig, which asks
+        # whether to run the folder's code (it has an auto_map), as a prompt in a terminal.
+        kwargs["config"] = config
     try:
         return AutoTokenizer.from_pretrained(args.tokenizer_name or path, cache_dir=args.cache_dir, **kwargs)
     except (OSError, ValueError) as error:
@@ -512,7 +513,7 @@ def run(args):
         check_model_path(args.model_name_or_path, "--model_name_or_path")
     start_path = args.start_path = args.model_name_or_path if args.do_train else args.output_dir
     config = load_config(args, start_path)
-    tokenizer = load_tokenizer(args, start_path)
+    tokenizer = load_tokenizer(args, start_path, config)
     if args.max_seq_length > config.max_position_embeddings:
         raise InputError(f"--max_seq_length {args.max_seq_length} is more than the model's "
                          f"{config.max_position_embeddings} positions")
@@ -521,7 +522,7 @@ def run(args):
         args.regression_threshold = DEFAULT_REGRESSION_THRESHOLD if saved_threshold is None else saved_threshold
     splits = splits_needed(args)
     with accelerator.main_process_first():  # one process tokenises and caches, the others read the cache
-        features = load_splits(args, splits, tokenizer, config.model_type)
+        features = load_splits(args, splits, tokenizer, model_family(config.model_type))
     logger.info("Process %d of %d, device %s, mixed precision %s", accelerator.process_index,
                 accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
 

@@ -110,7 +110,7 @@ def spread_classifiers(model, seed=0):
 
 def plain_backbone(model):
     """The plain transformers BertModel / AlbertModel holding the same weights as `model`'s backbone."""
-    backbone_class = FAMILIES[model.config.model_type][1]
+    backbone_class = FAMILIES[model.base_model_prefix][1]
     backbone = backbone_class(copy.deepcopy(model.config), add_pooling_layer=True)
     backbone.load_state_dict(model.base_model.state_dict())
     return backbone.eval()

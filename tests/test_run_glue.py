@@ -526,7 +526,9 @@ def test_albert_reference_commands(models, glue, tmp_path):
     run_main([*common, "--model_name_or_path", output_dir, "--do_eval", "--output_dir", output_dir,
               "--per_gpu_eval_batch_size", "1", "--patience", "3,4,5,6,7,8"])
 
-    assert json.loads((output_dir / "config.json").read_text())["model_type"] == "albert"
+    saved_config = json.loads((output_dir / "config.json").read_text())
+    assert saved_config["model_type"] == "pabee_albert"  # ALBERT with its PABEE settings; read as --model_type albert
+    assert saved_config["auto_map"]["AutoConfig"] == "modeling_pabee_albert.PabeeAlbertConfig"
     assert (output_dir / "checkpoint-5" / "optimizer.bin").is_file()
     runs = read_runs(output_dir)
     # Evaluations during training (steps 2 and 4), the final evaluation of the training run, then inference.

@@ -1,9 +1,10 @@
 """Patience-based Early Exit (PABEE) for BERT and ALBERT sequence classification."""
 
-from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee, AlbertModelWithPabee
+from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee, AlbertModelWithPabee, PabeeAlbertConfig
 from .modeling_pabee_bert import (
     BertForSequenceClassificationWithPabee,
     BertModelWithPabee,
+    PabeeBertConfig,
     PabeeSequenceClassifierOutput,
 )
 
@@ -12,5 +13,7 @@ __all__ = [
     "AlbertModelWithPabee",
     "BertForSequenceClassificationWithPabee",
     "BertModelWithPabee",
+    "PabeeAlbertConfig",
+    "PabeeBertConfig",
     "PabeeSequenceClassifierOutput",
 ]

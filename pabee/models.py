@@ -21,7 +21,7 @@ MODEL_CLASSES = {
 
 
 def model_family(model_type):
-    """The family of a config's `model_type`, a backbone's ("bert") or a saved PABEE model's ("pabee_bert"); else None."""
+    """The family of a `model_type`: a backbone's ("bert") or a saved PABEE model's ("pabee_bert"); else None."""
     for family, model_class in MODEL_CLASSES.items():
         if model_type in (family, model_class.config_class.model_type):
             return family

@@ -46,6 +46,10 @@ def load_model(path):
         config, family = load_pabee_config(path)
     except (OSError, ValueError) as error:
         raise InputError(f"no PABEE model in {path}: {first_line(error)}")
+    # Quietly: no progress bars, and no transformers warnings (a backbone given by mistake is reported below).
+    verbosity, progress_bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     try:
         # With the config given, AutoTokenizer does not read it again through AutoConfig (which would ask whether to
         # run the folder's copy of the modeling code).
@@ -53,6 +57,10 @@ def load_model(path):
         model, loading_info = MODEL_CLASSES[family].from_pretrained(path, config=config, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # missing or damaged files
         raise InputError(f"cannot load the model in {path}: {first_line(error)}")
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
     missing = sorted(loading_info["missing_keys"])
     if missing:
         raise InputError(f"{path} holds no trained PABEE classifiers (missing {missing[0]}): it is a backbone to "
@@ -148,6 +156,7 @@ def first_line(error):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pabee.classify", description=__doc__.split("\n\n")[0])
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, without the usage
     parser.add_argument("texts", nargs="*",
                         help="Texts to classify; a sentence pair is two texts joined by a tab. Default: the lines "
                              "of --file, else of standard input.")
@@ -189,9 +198,6 @@ def gather_inputs(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    # No progress bars while loading, and no transformers warnings: a backbone loaded by mistake is reported here.
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
     try:
         inputs = gather_inputs(args)
         if not inputs:

@@ -18,7 +18,7 @@ import datasets
 import pytest
 import torch
 import transformers
-from fixtures_glue import VOCAB, save_tiny_model
+from fixtures_glue import VOCAB, run_main, save_tiny_model, write_glue_task
 from test_modeling import LENGTHS, has_spread, make_batch, make_config, make_model
 from transformers import (
     AutoConfig,
@@ -122,6 +122,26 @@ def test_auto_model_with_trust_remote_code_answers_as_the_original_class(variant
     for patience in (0, 2):
         assert torch.equal(loaded(**inputs, patience=patience).exit_layers,
                            model(**inputs, patience=patience).exit_layers)
+
+
+def test_folders_the_script_saves_load_through_auto_model(tmp_path):
+    """The trained model and its checkpoints, as run_glue_with_pabee.py saves them (the demo's output/demo)."""
+    output_dir = tmp_path / "output"
+    run_main(["--model_name_or_path", save_tiny_model(tmp_path / "backbone"), "--task_name", "SST-2", "--data_dir",
+              write_glue_task(tmp_path / "SST-2", "sst-2"), "--output_dir", output_dir, "--do_train", "--max_steps",
+              "2", "--save_steps", "1", "--learning_rate", "1e-2", "--exit_pooling", "mean", "--max_seq_length", "32",
+              "--no_cuda"])
+    tokenizer = BertTokenizerFast.from_pretrained(output_dir)
+    inputs = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    for folder in (output_dir / "checkpoint-1", output_dir):
+        ours = BertForSequenceClassificationWithPabee.from_pretrained(folder).eval()
+        loaded = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(loaded).__module__.startswith("transformers_modules.")
+        assert loaded.config.exit_pooling == "mean" and loaded.config.finetuning_task == "sst-2"
+        with torch.no_grad():
+            expected, answer = ours(**inputs, patience=1), loaded(**inputs, patience=1)
+        assert torch.equal(answer.exit_layers, expected.exit_layers)
+        torch.testing.assert_close(answer.logits, expected.logits, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", ["bert", "albert"])
@@ -322,6 +342,33 @@ def test_classify_label_names_and_pairs(tmp_path, capsys):
     with torch.no_grad():
         logits = model.eval()(**tokenizer("a good film", "the film was good", return_tensors="pt")).logits[0]
     assert answers[0].value == pytest.approx(float(logits.softmax(-1).max()), abs=1e-6)
+
+
+def test_classify_regression_model_prints_its_score(tmp_path, capsys):
+    folder = save_tiny_model(tmp_path / "sts-b", "bert")
+    model = MODEL_CLASSES["bert"].from_pretrained(folder, num_labels=1, patience=1, regression_threshold=0.05)
+    model.config.finetuning_task = "sts-b"
+    model.save_pretrained(folder)
+    pair = ("a good film", "the film was good")
+    _, lines = run_classify(capsys, "--model", folder, "\t".join(pair))
+    assert lines[0] == "score\texit layer\tinput"
+    score, exit_layer, *texts = lines[1].split("\t")
+    tokenizer = BertTokenizerFast.from_pretrained(folder)
+    with torch.no_grad():
+        output = model.eval()(**tokenizer(*pair, return_tensors="pt"))
+    assert float(score) == pytest.approx(float(output.logits[0, 0]), abs=5e-4)
+    assert exit_layer == f"{int(output.exit_layers[0])}/4" and tuple(texts) == pair
+
+
+@pytest.mark.parametrize("argv, words", [(["--patience", "-1"], ["--patience", ">= 0"]),
+                                         (["--batch_size", "0"], ["--batch_size"]),
+                                         (["--file", "texts.txt", "a text"], ["not both"])])
+def test_classify_bad_flags_are_one_line(argv, words, trained_folder, capsys):
+    with pytest.raises(SystemExit):
+        classify.main(["--model", str(trained_folder), *argv])
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and message.startswith("python -m pabee.classify: error: ")
+    assert all(word in message for word in words), message
 
 
 @pytest.mark.parametrize("case", ["no such folder", "empty folder", "backbone only", "pair to single-sentence model",

@@ -31,7 +31,6 @@ import argparse
 import datetime
 import logging
 import os
-import shutil
 import sys
 
 import datasets
@@ -46,11 +45,13 @@ from pabee import AlbertForSequenceClassificationWithPabee, BertForSequenceClass
 from pabee.checkpoints import (
     TRAINER_STATE,
     DamagedCheckpointError,
+    final_path,
+    find_checkpoints,
+    finish_interrupted_saves,
     holds_model,
-    is_partial_checkpoint,
+    is_save_leftover,
     list_checkpoints,
-    read_trainer_state,
-    remove_stale_partials,
+    remove_checkpoint,
     verify_checkpoint,
 )
 from pabee.evaluation import format_table, read_earlier_runs, save_results
@@ -444,8 +445,7 @@ def check_output_dir(args):
     # What a run writes before its first checkpoint (feature caches, TensorBoard logs, a checkpoint cut short) does
     # not make the folder "not empty": the same command, started again, starts over.
     exists_with_files = os.path.isdir(args.output_dir) and any(
-        name not in ("cached_features", "runs") and not is_partial_checkpoint(name)
-        for name in os.listdir(args.output_dir)
+        name not in ("cached_features", "runs") and not is_save_leftover(name) for name in os.listdir(args.output_dir)
     )
     resume_from = None
     if args.do_train and args.resume_from_checkpoint:
@@ -453,12 +453,14 @@ def check_output_dir(args):
             raise InputError(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a complete checkpoint "
                              f"(no {TRAINER_STATE})")
         resume_from = args.resume_from_checkpoint
-    elif args.do_train and exists_with_files and not args.overwrite_output_dir:
+    elif args.do_train and not args.overwrite_output_dir:
+        # The newest complete checkpoint, which a save cut short may have left under a temporary name.
         checkpoints = list_checkpoints(args.output_dir)
-        if not checkpoints:
+        if checkpoints:
+            resume_from = checkpoints[-1]
+        elif exists_with_files:
             raise InputError(f"--output_dir {args.output_dir} is not empty and holds no checkpoint to resume from; "
                              "pass --overwrite_output_dir to train into it anyway")
-        resume_from = checkpoints[-1]
     if resume_from:
         try:
             verify_checkpoint(resume_from)
@@ -539,11 +541,14 @@ def run(args):
 
     # Output folder and TensorBoard (training loss and learning rate, and every evaluation's figures)
     if args.do_train and accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        finish_interrupted_saves(args.output_dir)  # a checkpoint left under a temporary name gets its own back
         if args.overwrite_output_dir:
             for checkpoint in list_checkpoints(args.output_dir):
-                shutil.rmtree(checkpoint)
-        os.makedirs(args.output_dir, exist_ok=True)
-        remove_stale_partials(args.output_dir)
+                remove_checkpoint(checkpoint)
+    if args.do_train and resume_from and not args.resume_from_checkpoint:
+        accelerator.wait_for_everyone()  # every process resumes from the newest checkpoint under its own name
+        resume_from = final_path(resume_from)
     tb_writer = None
     if accelerator.is_main_process and (args.do_train or args.do_eval):
         from tensorboardX import SummaryWriter
@@ -571,8 +576,8 @@ def run(args):
     if args.do_eval:
         to_evaluate = [(args.output_dir, "final", None)]
         if args.eval_all_checkpoints:
-            to_evaluate = [(path, os.path.basename(path), read_trainer_state(path)["global_step"])
-                           for path in list_checkpoints(args.output_dir)] + to_evaluate
+            to_evaluate = [(path, f"checkpoint-{step}", step)
+                           for step, path in find_checkpoints(args.output_dir).items()] + to_evaluate
         logger.info("***** Running evaluation *****")
         logger.info("  Checkpoints: %s; exit settings: %s; batch size %d",
                     ", ".join(name for _, name, _ in to_evaluate),

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
-from .checkpoints import finish_checkpoint, read_trainer_state, start_checkpoint
+from .checkpoints import finish_checkpoint, partial_path, read_trainer_state, start_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ def make_optimizer(args, model):
 def save_checkpoint(args, accelerator, model, tokenizer, step, trainer_state):
     """Save a resumable checkpoint-`step`, atomically (see pabee.checkpoints)."""
     if accelerator.is_main_process:
-        path = start_checkpoint(args.output_dir, step)
+        start_checkpoint(args.output_dir, step)
     accelerator.wait_for_everyone()
-    path = os.path.join(args.output_dir, f".checkpoint-{step}.partial")
+    path = partial_path(args.output_dir, step)
     accelerator.save_state(path)  # model weights (safetensors), optimizer, scheduler, RNG states, scaler
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).config.save_pretrained(path)

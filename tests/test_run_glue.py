@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding
 
+import pabee.training
 import run_glue_with_pabee
 from fixtures_glue import (
     NUM_DEV,
@@ -28,7 +29,9 @@ from fixtures_glue import (
     TASK_EVAL_SETS,
     TASK_FOLDERS,
     TASK_METRICS,
+    Killed,
     changes,
+    kill_at,
     run_main,
     save_tiny_model,
     snapshot,
@@ -415,6 +418,51 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(models, glue, tmp
     # Same weights as the run that was not interrupted: optimizer, scheduler, data order (and dropout) all resumed.
     resumed, reference = load_file(output_dir / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
     assert resumed.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("killed_before", [
+    1,  # the old checkpoint-6 being set aside
+    2,  # the new one taking its name: checkpoint-6 is only under the temporary names
+    3,  # the old one being deleted
+])
+def test_restart_after_a_kill_while_a_checkpoint_was_replaced(models, glue, tmp_path, monkeypatch, caplog,
+                                                              killed_before):
+    def command(output_dir, *extra):
+        return base_args(models["bert"], glue["sst-2"], "sst-2", output_dir, "--do_train", "--max_steps", "9",
+                         "--learning_rate", "1e-3", *extra)
+
+    uninterrupted = tmp_path / "uninterrupted"
+    run_main(command(uninterrupted))
+    # An earlier run left checkpoint-3 and checkpoint-6; this one resumes from checkpoint-3, so it saves step 6 over
+    # the one there, and is killed during that save (os.replace and shutil.rmtree counted from the trainer state's
+    # rename, see pabee.checkpoints.finish_checkpoint).
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    for name in ("checkpoint-3", "checkpoint-6", "cached_features"):
+        shutil.copytree(uninterrupted / name, output_dir / name)
+    finish_checkpoint = pabee.training.finish_checkpoint
+
+    def killed_while_saving_step_6(output_dir, step, trainer_state):
+        if step == 6:
+            kill_at(monkeypatch, killed_before)
+        return finish_checkpoint(output_dir, step, trainer_state)
+
+    monkeypatch.setattr(pabee.training, "finish_checkpoint", killed_while_saving_step_6)
+    with pytest.raises(Killed):
+        run_glue_with_pabee.main([str(arg) for arg in command(output_dir, "--resume_from_checkpoint",
+                                                               output_dir / "checkpoint-3")])
+    monkeypatch.undo()
+
+    # The same command without --resume_from_checkpoint resumes from the newest checkpoint: checkpoint-6.
+    with caplog.at_level(logging.INFO):
+        run_main(command(output_dir))
+    assert any("Resuming from" in message and "checkpoint-6 (step 6" in message for message in caplog.messages)
+    # Every checkpoint under its own name, and no copy left under a temporary one.
+    assert sorted(name for name in os.listdir(output_dir) if "checkpoint-" in name) == [
+        "checkpoint-3", "checkpoint-6", "checkpoint-9"]
+    resumed, reference = load_file(output_dir / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
     for name in reference:
         torch.testing.assert_close(resumed[name], reference[name], atol=1e-6, rtol=1e-5, msg=name)
 

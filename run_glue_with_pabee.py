@@ -30,6 +30,7 @@ Evaluate a trained model (the one saved in --output_dir) only:
 import argparse
 import datetime
 import logging
+import math
 import os
 import sys
 
@@ -286,6 +287,9 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.logging_steps < 1:
         parser.error(f"--logging_steps must be >= 1, got {args.logging_steps}")
+    if args.do_train and args.max_steps <= 0 and not 0 < args.num_train_epochs < math.inf:
+        parser.error(f"--num_train_epochs must be a number of epochs > 0 (or give --max_steps), got "
+                     f"{args.num_train_epochs:g}: it would save the untrained model")
     if args.fp16 and args.bf16:
         parser.error("choose one of --fp16 and --bf16")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
@@ -310,15 +314,18 @@ def split_loader(args, split):
     if args.data_dir:
         path = os.path.join(args.data_dir, f"{split}.tsv")
         if not os.path.isfile(path):
+            needed = ("train",) + task.eval_splits + (task.test_splits if args.do_predict else ())
             raise InputError(f"{path} not found: --data_dir must be a GLUE {task.name.upper()} folder holding "
-                             f"{', '.join(s + '.tsv' for s in ('train',) + task.eval_splits)}")
+                             f"{', '.join(s + '.tsv' for s in needed)}"
+                             f"{' (the test files for --do_predict)' if split in task.test_splits else ''}")
         return (lambda: read_glue_split(args.data_dir, task, split)), file_identity(path)
     if args.train_file or args.validation_file:
         path = args.train_file if split == "train" else args.validation_file
         if path is None or not os.path.isfile(path):
             flag = "--train_file" if split == "train" else "--validation_file"
             raise InputError(f"{flag} {path or '(not given)'} not found")
-        return (lambda: load_example_file(path, split)), file_identity(path)
+        # Training and evaluation both need every example's label.
+        return (lambda: load_example_file(path, split, require_labels=True)), file_identity(path)
     return (lambda: load_hub_split(args, split)), f"hub:{task.name}:{split}"
 
 
@@ -329,11 +336,15 @@ def load_hub_split(args, split):
         raise InputError(f"{first_line(error)} (pass --data_dir with the task's GLUE TSV files to read them instead)")
 
 
+# The evaluation set read from --validation_file: one file of the user's, whatever the task's own dev sets are.
+VALIDATION_FILE_SPLIT = "validation"
+
+
 def splits_needed(args):
     """Training data, the evaluation sets (the task's dev set(s), or the single --validation_file), test sets."""
     splits = ["train"] if args.do_train else []
     if args.do_eval:
-        splits += [args.task.eval_splits[0]] if (args.train_file or args.validation_file) else args.task.eval_splits
+        splits += [VALIDATION_FILE_SPLIT] if (args.train_file or args.validation_file) else args.task.eval_splits
     if args.do_predict:
         if args.train_file or args.validation_file:
             raise InputError("--do_predict reads the GLUE test files: it needs --data_dir (or the hub data set)")
@@ -397,6 +408,30 @@ def load_tokenizer(args, path):
         return AutoTokenizer.from_pretrained(args.tokenizer_name or path, cache_dir=args.cache_dir, **kwargs)
     except (OSError, ValueError) as error:
         raise InputError(f"cannot load a tokenizer from {args.tokenizer_name or path!r}: {first_line(error)}")
+
+
+# What a model folder holds when it has a tokenizer of its own (WordPiece, sentencepiece, BPE, or the fast
+# tokenizer's single file).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+                   "vocab.json")
+
+
+def check_tokenizer(args, path, tokenizer, config):
+    """
+    The tokenizer must be the model's: from a model folder without tokenizer files transformers builds an empty one
+    (its special tokens only), which maps every word to [UNK], and a tokenizer with more tokens than the model's
+    embeddings gives ids the model cannot look up.
+    """
+    source = args.tokenizer_name or path
+    if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, name)) for name in TOKENIZER_FILES):
+        raise InputError(f"{source} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): pass the model's "
+                         "tokenizer with --tokenizer_name")
+    # Far fewer tokens than the model's vocabulary (less than half: vocabularies padded to a round size stay
+    # accepted), or ids past its embeddings.
+    if len(tokenizer) < config.vocab_size / 2 or len(tokenizer) > config.vocab_size:
+        raise InputError(f"the tokenizer of {source} has {len(tokenizer)} tokens but the model in {path} has a "
+                         f"vocabulary of {config.vocab_size}: it cannot be the model's; pass the model's own "
+                         "tokenizer with --tokenizer_name")
 
 
 def first_line(error):
@@ -515,6 +550,7 @@ def run(args):
     start_path = args.start_path = args.model_name_or_path if args.do_train else args.output_dir
     config = load_config(args, start_path)
     tokenizer = load_tokenizer(args, start_path)
+    check_tokenizer(args, start_path, tokenizer, config)
     if args.max_seq_length > config.max_position_embeddings:
         raise InputError(f"--max_seq_length {args.max_seq_length} is more than the model's "
                          f"{config.max_position_embeddings} positions")

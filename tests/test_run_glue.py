@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoTokenizer, BertTokenizerFast, DataCollatorWithPadding
 
 import pabee.training
 import run_glue_with_pabee
@@ -29,6 +29,7 @@ from fixtures_glue import (
     TASK_EVAL_SETS,
     TASK_FOLDERS,
     TASK_METRICS,
+    VOCAB,
     Killed,
     changes,
     kill_at,
@@ -673,6 +674,52 @@ def _short_dev_row(task, file_name, line, row):
     return make
 
 
+def _model_without_tokenizer(m, g, t, o):
+    folder = shutil.copytree(m["bert"], t / "weights-only")
+    for name in os.listdir(folder):
+        if name not in ("config.json", "model.safetensors"):
+            os.remove(folder / name)
+    return _train(m, g, "sst-2", o, "--model_name_or_path", folder), [str(folder), "--tokenizer_name"]
+
+
+def _saved_model_without_tokenizer(m, g, t, o):
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (o / name).exists():
+            os.remove(o / name)
+    return eval_args(g, "sst-2", o), [str(o), "--tokenizer_name"]
+
+
+def _tokenizer_of_size(size):
+    """--tokenizer_name of a WordPiece tokenizer with `size` tokens, for a model of len(VOCAB) (98) tokens."""
+
+    def make(m, g, t, o):
+        folder = t / f"tokenizer-{size}"
+        tokens = (VOCAB + [f"word{index}" for index in range(size)])[:size]
+        BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)}).save_pretrained(folder)
+        words = [str(folder), f"{size} tokens", "--tokenizer_name"]
+        return _train(m, g, "sst-2", o, "--tokenizer_name", folder), words
+
+    return make
+
+
+def _empty_dev_file(m, g, t, o):
+    data_dir = copy_task(g, "sst-2", t)
+    (data_dir / "dev.tsv").write_text("sentence\tlabel\n")
+    return eval_args({"sst-2": data_dir}, "sst-2", o), [str(data_dir / "dev.tsv"), "no examples"]
+
+
+def _incomplete_resume_checkpoint(m, g, t, o):
+    os.remove(o / "checkpoint-3" / "trainer_state.json")
+    args = base_args(m["bert"], g["sst-2"], "sst-2", o, "--do_train", "--max_steps", "6", "--resume_from_checkpoint",
+                     o / "checkpoint-3")
+    return args, [str(o / "checkpoint-3"), "not a complete checkpoint"]
+
+
+def _no_train_epochs(epochs):
+    return "absent", lambda m, g, t, o: (
+        _train(m, g, "sst-2", o, "--max_steps", "-1", "--num_train_epochs", epochs), ["--num_train_epochs", epochs])
+
+
 # name -> (output folder before the run: "trained" (a copy of a trained SST-2 output; "trained:TASK" of TASK), "notes"
 # (a file of the user's), or "absent"; function of (models, glue, tmp_path, output_dir) returning the argv and the
 # words the error message must contain).
@@ -720,6 +767,20 @@ BAD_INPUTS = {
     "short MNLI dev_mismatched row": ("trained:mnli", _short_dev_row(
         "mnli", "dev_mismatched.tsv", 4, ["3", "30003", "30003e", "letters", "x", "x", "x", "x", "the dog"])),
     "short MRPC dev row": ("trained:mrpc", _short_dev_row("mrpc", "dev.tsv", 4, ["1", "1001", "2001", "one string"])),
+    "dev.tsv with its header only": ("trained", _empty_dev_file),
+    "model folder without tokenizer files": ("absent", _model_without_tokenizer),
+    "do_eval alone, saved model without tokenizer files": ("trained", _saved_model_without_tokenizer),
+    "tokenizer of far fewer tokens than the model's": ("absent", _tokenizer_of_size(20)),
+    "tokenizer of more tokens than the model's": ("absent", _tokenizer_of_size(150)),
+    "num_train_epochs 0": _no_train_epochs("0"),
+    "num_train_epochs -1": _no_train_epochs("-1"),
+    "num_train_epochs inf": _no_train_epochs("inf"),
+    "fp16 without CUDA": ("trained", lambda m, g, t, o: (_train(m, g, "sst-2", o, "--fp16"), ["--fp16", "CUDA"])),
+    "max_seq_length beyond the model's positions": ("trained", lambda m, g, t, o: (
+        _train(m, g, "sst-2", o, "--max_seq_length", "100"), ["--max_seq_length 100", "64 positions"])),
+    "incomplete resume_from_checkpoint": ("trained", _incomplete_resume_checkpoint),
+    "do_predict without test.tsv": ("trained", lambda m, g, t, o: (
+        eval_args(g, "sst-2", o, "--do_predict"), ["test.tsv", "not found", "--do_predict"])),
 }
 
 
@@ -797,13 +858,22 @@ def test_help_explains_patience_and_threshold(capsys):
         assert f"--{flag}" in text, flag
 
 
-@pytest.mark.parametrize("train_rows, validation_name, words", [
-    ("sentence,label\na good film,1\na dull film,maybe\n", "dev.csv", ["unknown label", "maybe"]),
-    ("sentence,label\na good film,1\n", "dev.txt", ["dev.txt", "unsupported file type"]),
+GOOD_ROWS = "sentence,label\nfine,1\n"
+
+
+@pytest.mark.parametrize("train_rows, validation_name, validation_rows, words", [
+    ("sentence,label\na good film,1\na dull film,maybe\n", "dev.csv", GOOD_ROWS, ["unknown label", "maybe"]),
+    ("sentence,label\na good film,1\n", "dev.txt", GOOD_ROWS, ["dev.txt", "unsupported file type"]),
+    ("sentence\na good film\n", "dev.csv", GOOD_ROWS, ["train.csv", "no 'label' column"]),
+    ("sentence,label\na good film,1\n", "dev.csv", "sentence,label\nfine,1\ndull,\n", ["dev.csv, row 2", "'label'"]),
+    ("sentence,label\na good film,1\n", "dev.jsonl", '{"sentence": "fine", "label": "1"}\n{"sentence": "dull"}\n',
+     ["dev.jsonl, row 2", "'label'"]),
+    ("sentence,label\na good film,1\n", "dev.json", '[{"sentence": "fine"}]', ["dev.json", "no 'label' column"]),
 ])
-def test_bad_csv_or_json_files_are_one_line_errors(models, tmp_path, train_rows, validation_name, words):
+def test_bad_csv_or_json_files_are_one_line_errors(models, tmp_path, train_rows, validation_name, validation_rows,
+                                                   words):
     (tmp_path / "train.csv").write_text(train_rows)
-    (tmp_path / validation_name).write_text("sentence,label\nfine,1\n")
+    (tmp_path / validation_name).write_text(validation_rows)
     output_dir = tmp_path / "out"
     with pytest.raises(SystemExit) as exit:
         run_glue_with_pabee.main([

@@ -246,8 +246,11 @@ def parse_args(argv=None):
     hardware = parser.add_argument_group("hardware")
     hardware.add_argument("--no_cuda", action="store_true", help="Run on the CPU even if a GPU is available.")
     hardware.add_argument("--fp16", action="store_true",
-                          help="Mixed precision with float16 (CUDA only), through torch.amp.")
-    hardware.add_argument("--bf16", action="store_true", help="Mixed precision with bfloat16 (CPU or CUDA).")
+                          help="Mixed precision with float16 (CUDA only), through torch.amp: training and every "
+                               "evaluation and prediction.")
+    hardware.add_argument("--bf16", action="store_true",
+                          help="Mixed precision with bfloat16 (CPU or CUDA): training and every evaluation and "
+                               "prediction.")
     hardware.add_argument("--fp16_opt_level", type=str, default=None,
                           help="Accepted for compatibility with the NVIDIA apex version of this script; ignored.")
     hardware.add_argument("--local_rank", "--local-rank", type=int, default=-1,

@@ -56,7 +56,8 @@ def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, 
     """
     Fine-tune `model` on `train_dataset` (resuming from checkpoint folder `resume_from` if given). Every
     --logging_steps: loss and learning rate to `tb_writer`, then `on_log(unwrapped_model, step)` (evaluation during
-    training). Returns the unwrapped model and the number of optimiser steps done.
+    training). Returns the unwrapped model, without the mixed-precision wrapper of training (evaluation applies its
+    own, the same to every model), and the number of optimiser steps done.
     """
     # Lengths in multiples of 8 let float16 matrix products use tensor cores.
     pad_to_multiple_of = 8 if accelerator.mixed_precision == "fp16" else None
@@ -146,7 +147,7 @@ def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, 
             if global_step >= total_steps:
                 break
     progress.close()
-    return accelerator.unwrap_model(model), global_step
+    return accelerator.unwrap_model(model, keep_fp32_wrapper=False), global_step
 
 
 # What fixes the data a resumed run skips to find its place in the epoch, and the order it goes on in.

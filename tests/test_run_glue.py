@@ -392,6 +392,24 @@ def test_eval_all_checkpoints(trained, glue, task, tmp_path):
 # 5. Resuming, and starting over
 
 
+def left_by_a_killed_run(output_dir, finished_dir, *names, **renamed):
+    """`output_dir` holding only copies of the folders `names` of `finished_dir`, and of the `renamed` ones (new name:
+    folder of `finished_dir`): what a run killed at some point leaves."""
+    output_dir.mkdir()
+    for name, source in {**{name: name for name in names}, **renamed}.items():
+        shutil.copytree(finished_dir / source, output_dir / name)
+    return output_dir
+
+
+def assert_same_weights(resumed_dir, uninterrupted_dir):
+    """The saved models hold the same weights (up to float32 noise): training resumed exactly."""
+    resumed = load_file(resumed_dir / "model.safetensors")
+    reference = load_file(uninterrupted_dir / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("model_name", [
     "bert-no-dropout",
     "bert",
@@ -404,10 +422,7 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(models, glue, tmp
     uninterrupted = tmp_path / "uninterrupted"
     run_main(command(uninterrupted))
     # The run was "killed" after checkpoint-3: only checkpoint-3 (and the cached features) remain.
-    output_dir = tmp_path / "out"
-    output_dir.mkdir()
-    for name in ("checkpoint-3", "cached_features"):
-        shutil.copytree(uninterrupted / name, output_dir / name)
+    output_dir = left_by_a_killed_run(tmp_path / "out", uninterrupted, "checkpoint-3", "cached_features")
     checkpoint_3 = snapshot(output_dir / "checkpoint-3")
 
     with caplog.at_level(logging.INFO):
@@ -417,10 +432,7 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(models, glue, tmp
     assert snapshot(output_dir / "checkpoint-3") == checkpoint_3, "resuming rewrote the checkpoint it started from"
     assert json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
     # Same weights as the run that was not interrupted: optimizer, scheduler, data order (and dropout) all resumed.
-    resumed, reference = load_file(output_dir / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
-    assert resumed.keys() == reference.keys()
-    for name in reference:
-        torch.testing.assert_close(resumed[name], reference[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert_same_weights(output_dir, uninterrupted)
 
 
 @pytest.mark.parametrize("killed_before", [
@@ -439,10 +451,8 @@ def test_restart_after_a_kill_while_a_checkpoint_was_replaced(models, glue, tmp_
     # An earlier run left checkpoint-3 and checkpoint-6; this one resumes from checkpoint-3, so it saves step 6 over
     # the one there, and is killed during that save (os.replace and shutil.rmtree counted from the trainer state's
     # rename, see pabee.checkpoints.finish_checkpoint).
-    output_dir = tmp_path / "out"
-    output_dir.mkdir()
-    for name in ("checkpoint-3", "checkpoint-6", "cached_features"):
-        shutil.copytree(uninterrupted / name, output_dir / name)
+    output_dir = left_by_a_killed_run(tmp_path / "out", uninterrupted, "checkpoint-3", "checkpoint-6",
+                                      "cached_features")
     finish_checkpoint = pabee.training.finish_checkpoint
 
     def killed_while_saving_step_6(output_dir, step, trainer_state):
@@ -463,9 +473,7 @@ def test_restart_after_a_kill_while_a_checkpoint_was_replaced(models, glue, tmp_
     # Every checkpoint under its own name, and no copy left under a temporary one.
     assert sorted(name for name in os.listdir(output_dir) if "checkpoint-" in name) == [
         "checkpoint-3", "checkpoint-6", "checkpoint-9"]
-    resumed, reference = load_file(output_dir / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
-    for name in reference:
-        torch.testing.assert_close(resumed[name], reference[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert_same_weights(output_dir, uninterrupted)
 
 
 def test_longer_max_steps_continues_from_the_last_checkpoint(models, glue, tmp_path, caplog):
@@ -513,11 +521,8 @@ def test_run_killed_before_its_first_checkpoint_starts_again_with_the_same_comma
 
     run_main(command(tmp_path / "out"))
     # What a run killed while writing its first checkpoint leaves: caches, TensorBoard logs, a partial checkpoint.
-    output_dir = tmp_path / "killed"
-    output_dir.mkdir()
-    for name in ("cached_features", "runs"):
-        shutil.copytree(tmp_path / "out" / name, output_dir / name)
-    shutil.copytree(tmp_path / "out" / "checkpoint-3", output_dir / ".checkpoint-3.partial")
+    output_dir = left_by_a_killed_run(tmp_path / "killed", tmp_path / "out", "cached_features", "runs",
+                                      **{".checkpoint-3.partial": "checkpoint-3"})
     os.remove(output_dir / ".checkpoint-3.partial" / "trainer_state.json")
 
     with caplog.at_level(logging.INFO):
@@ -525,6 +530,24 @@ def test_run_killed_before_its_first_checkpoint_starts_again_with_the_same_comma
     assert not any("Resuming from" in message for message in caplog.messages)
     assert not (output_dir / ".checkpoint-3.partial").exists()
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "checkpoint-3").is_dir()
+
+
+def test_run_killed_while_naming_its_first_checkpoint_resumes_from_it(models, glue, tmp_path, caplog):
+    def command(output_dir):
+        return base_args(models["bert"], glue["sst-2"], "sst-2", output_dir, "--do_train", "--max_steps", "6",
+                         "--learning_rate", "1e-3")
+
+    uninterrupted = tmp_path / "uninterrupted"
+    run_main(command(uninterrupted))
+    # Killed after checkpoint-3 was complete, before it was renamed: the complete copy has its temporary name only.
+    output_dir = left_by_a_killed_run(tmp_path / "killed", uninterrupted, "cached_features", "runs",
+                                      **{".checkpoint-3.partial": "checkpoint-3"})
+
+    with caplog.at_level(logging.INFO):
+        run_main(command(output_dir))
+    assert any("Resuming from" in message and "checkpoint-3 (step 3" in message for message in caplog.messages)
+    assert sorted(name for name in os.listdir(output_dir) if "checkpoint-" in name) == ["checkpoint-3", "checkpoint-6"]
+    assert_same_weights(output_dir, uninterrupted)
 
 
 def test_gradient_accumulation_takes_every_epoch_whole(models, glue, tmp_path, caplog):

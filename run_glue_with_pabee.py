@@ -139,7 +139,8 @@ def parse_args(argv=None):
                       help="A csv or json(l) training file instead of --data_dir: columns sentence1 and sentence2 "
                            "(or sentence) and label, labels written as in GLUE.")
     data.add_argument("--validation_file", type=str, default=None,
-                      help="A csv or json(l) evaluation file instead of --data_dir (same columns as --train_file).")
+                      help="A csv or json(l) evaluation file instead of --data_dir (same columns as --train_file), "
+                           "evaluated as the set 'validation'.")
     data.add_argument("--max_seq_length", type=int, default=128,
                       help="Maximum number of tokens after tokenisation; longer inputs are truncated. Batches are "
                            "padded to their longest input, not to this length.")

@@ -251,13 +251,17 @@ class DistilBertModelWithPabee(DistilBertModel):
     first token [CLS], the computation `DistilBertForSequenceClassification` puts before its classifier
     (`pre_classifier`), shared by every exit. No checkpoint of DistilBERT itself holds it: `from_pretrained` reports
     `distilbert.pooler` as newly initialised beside the classifiers (normal, std `initializer_range`, zero bias, like
-    them), and it is trained with them.
+    them), and it is trained with them. With "mean" the model has no pooler.
     """
 
     def __init__(self, config):
         super().__init__(config)
-        self.pooler = FirstTokenPooler(config.dim, nn.ReLU())
-        self.post_init()  # initialises the pooler added after `DistilBertModel.__init__` had initialised the rest
+        # Only a model whose classifiers read it has a pooler: an unused one would be reported as newly initialised,
+        # never trained, and refused by DistributedDataParallel (a parameter without gradient).
+        self.pooler = None
+        if getattr(config, "exit_pooling", "pooler") == "pooler":
+            self.pooler = FirstTokenPooler(config.dim, nn.ReLU())
+            self.post_init()  # initialises the pooler added after `DistilBertModel.__init__` had initialised the rest
 
     def classifier_dropout_prob(self):
         """The dropout before each internal classifier (in training only): `DistilBertForSequenceClassification`'s."""
@@ -292,11 +296,16 @@ class DistilBertModelWithPabee(DistilBertModel):
             return None
         return mean_pooling_weights(hidden_states, attention_mask)
 
-    # Copied from pabee.modeling_pabee_bert.BertModelWithPabee.pool
+    # Copied from pabee.modeling_pabee_roberta.RobertaModelWithPabee.pool
     def pool(self, hidden_states, pooling_weights):
         """What an internal classifier reads from a layer's hidden states: `(batch_size, hidden_size)`."""
         if getattr(self.config, "exit_pooling", "pooler") == "mean":
             return torch.matmul(pooling_weights, hidden_states).squeeze(1)  # (batch, 1, seq) @ (batch, seq, hidden)
+        if self.pooler is None:
+            raise ValueError(
+                "exit_pooling is 'pooler' but this model was built for 'mean', without a pooler: load it again with "
+                "exit_pooling='pooler' (from_pretrained(path, exit_pooling='pooler')) to add one"
+            )
         return self.pooler(hidden_states)
 
 

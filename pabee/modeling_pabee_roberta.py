@@ -248,11 +248,13 @@ class RobertaModelWithPabee(RobertaModel):
     sentence-level task, and the released roberta-base and roberta-large checkpoints hold no pooler weights: from
     them `from_pretrained` reports `roberta.pooler` as newly initialised (normal, std `initializer_range`, like the
     classifiers), and it is trained with the classifiers. A checkpoint that has a pooler (a plain `RobertaModel` saved
-    with its default `add_pooling_layer=True`, or a PABEE model) loads it.
+    with its default `add_pooling_layer=True`, or a PABEE model) loads it. With "mean" the model has no pooler.
     """
 
     def __init__(self, config):
-        super().__init__(config, add_pooling_layer=True)
+        # Only a model whose classifiers read it has a pooler: an unused one would be reported as newly initialised,
+        # never trained, and refused by DistributedDataParallel (a parameter without gradient).
+        super().__init__(config, add_pooling_layer=getattr(config, "exit_pooling", "pooler") == "pooler")
 
     def classifier_dropout_prob(self):
         """The dropout before each internal classifier (in training only): `RobertaClassificationHead`'s."""
@@ -291,11 +293,15 @@ class RobertaModelWithPabee(RobertaModel):
             return None
         return mean_pooling_weights(hidden_states, attention_mask)
 
-    # Copied from pabee.modeling_pabee_bert.BertModelWithPabee.pool
     def pool(self, hidden_states, pooling_weights):
         """What an internal classifier reads from a layer's hidden states: `(batch_size, hidden_size)`."""
         if getattr(self.config, "exit_pooling", "pooler") == "mean":
             return torch.matmul(pooling_weights, hidden_states).squeeze(1)  # (batch, 1, seq) @ (batch, seq, hidden)
+        if self.pooler is None:
+            raise ValueError(
+                "exit_pooling is 'pooler' but this model was built for 'mean', without a pooler: load it again with "
+                "exit_pooling='pooler' (from_pretrained(path, exit_pooling='pooler')) to add one"
+            )
         return self.pooler(hidden_states)
 
 

@@ -249,11 +249,14 @@ class XLMRobertaModelWithPabee(XLMRobertaModel):
     tokens). The model is pre-trained by masked language modelling only, so the pooler is not a pre-trained part: where
     a checkpoint holds no pooler weights, `from_pretrained` reports `roberta.pooler` as newly initialised (normal, std
     `initializer_range`, like the classifiers), and it is trained with the classifiers. A checkpoint that has one (a
-    plain `XLMRobertaModel` saved with its default `add_pooling_layer=True`, or a PABEE model) loads it.
+    plain `XLMRobertaModel` saved with its default `add_pooling_layer=True`, or a PABEE model) loads it. With "mean"
+    the model has no pooler.
     """
 
     def __init__(self, config):
-        super().__init__(config, add_pooling_layer=True)
+        # Only a model whose classifiers read it has a pooler: an unused one would be reported as newly initialised,
+        # never trained, and refused by DistributedDataParallel (a parameter without gradient).
+        super().__init__(config, add_pooling_layer=getattr(config, "exit_pooling", "pooler") == "pooler")
 
     # Copied from pabee.modeling_pabee_roberta.RobertaModelWithPabee.classifier_dropout_prob with Roberta->XLMRoberta
     def classifier_dropout_prob(self):
@@ -294,11 +297,16 @@ class XLMRobertaModelWithPabee(XLMRobertaModel):
             return None
         return mean_pooling_weights(hidden_states, attention_mask)
 
-    # Copied from pabee.modeling_pabee_bert.BertModelWithPabee.pool
+    # Copied from pabee.modeling_pabee_roberta.RobertaModelWithPabee.pool
     def pool(self, hidden_states, pooling_weights):
         """What an internal classifier reads from a layer's hidden states: `(batch_size, hidden_size)`."""
         if getattr(self.config, "exit_pooling", "pooler") == "mean":
             return torch.matmul(pooling_weights, hidden_states).squeeze(1)  # (batch, 1, seq) @ (batch, seq, hidden)
+        if self.pooler is None:
+            raise ValueError(
+                "exit_pooling is 'pooler' but this model was built for 'mean', without a pooler: load it again with "
+                "exit_pooling='pooler' (from_pretrained(path, exit_pooling='pooler')) to add one"
+            )
         return self.pooler(hidden_states)
 
 

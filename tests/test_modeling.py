@@ -73,6 +73,7 @@ VARIANTS = {
     "xlm_roberta": ("xlm-roberta", dict(num_hidden_layers=4, type_vocab_size=1, pad_token_id=1)),
     "distilbert": ("distilbert", dict(num_hidden_layers=5)),
     "electra": ("electra", dict(embedding_size=16, num_hidden_layers=4)),  # embeddings projected up to hidden_size
+    "electra_unprojected": ("electra", dict(embedding_size=32, num_hidden_layers=3)),  # no projection
 }
 NEW_FAMILY_VARIANTS = ["roberta", "xlm_roberta", "distilbert", "electra"]
 MAIN_VARIANTS = ["bert", "albert", "albert_groups2", "albert_inner2"] + NEW_FAMILY_VARIANTS

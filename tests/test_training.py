@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from fixtures_glue import MODEL_TYPES
-from pabee.training import make_optimizer
+from run_glue_with_pabee import MODEL_CLASSES
 from test_modeling import VARIANTS, make_config
+
+from pabee.training import make_optimizer
 
 FAMILY_VARIANTS = {family: variant for variant, (family, _) in reversed(list(VARIANTS.items()))}
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_weight_decay_spares_every_bias_and_layer_norm(model_type):
-    from run_glue_with_pabee import MODEL_CLASSES
-
     model = MODEL_CLASSES[model_type](make_config(FAMILY_VARIANTS[model_type], 3))
     args = SimpleNamespace(learning_rate=1e-3, classifier_lr_multiplier=10, weight_decay=0.01, adam_epsilon=1e-8)
     optimizer = make_optimizer(args, model)

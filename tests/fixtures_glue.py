@@ -8,10 +8,12 @@
   original GLUE release (headers, column order, label strings), made of the vocabulary's words. Each label goes with
   a word in the sentence, so training has something to learn. `write_test_split(folder, task)` adds the unlabelled
   test files of SST-2, MRPC or MNLI.
+- `kill_at(monkeypatch, index)`: the process "killed" at a given rename or deletion of files.
 """
 
 import os
 import random
+import shutil
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -268,3 +270,32 @@ def run_main(argv):
     except SystemExit as exit:
         if exit.code not in (0, None):
             raise AssertionError(f"main() exited with {exit.code!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stopping a save part-way
+
+
+class Killed(Exception):
+    """Stands for the process being killed at this point."""
+
+
+def kill_at(monkeypatch, index):
+    """
+    Raise `Killed` instead of the `index`-th (from 0) call of os.replace or shutil.rmtree from now on: the renames
+    and deletions that make a save atomic. A deletion is cut short half-way: its first file is removed, then the kill.
+    """
+    count = 0
+    for module, name in ((os, "replace"), (shutil, "rmtree")):
+        real = getattr(module, name)
+
+        def operation(path, *args, _real=real, _name=name, **kwargs):
+            nonlocal count
+            count += 1
+            if count - 1 == index:
+                if _name == "rmtree" and os.path.isdir(path):
+                    os.remove(os.path.join(path, sorted(os.listdir(path))[0]))
+                raise Killed
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, operation)

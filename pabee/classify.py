@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from .glue import get_task, is_sentence_pair_task
-from .models import MODEL_CLASSES, load_pabee_config
+from .models import MODEL_CLASSES, load_pabee_config, max_model_length
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def classify(model, tokenizer, inputs, patience=None, batch_size=32, max_length=
             texts_b if any(text_b is not None for text_b in texts_b) else None,
             padding=True,
             truncation=True,
-            max_length=max_length or model.config.max_position_embeddings,
+            max_length=max_length or max_model_length(model.config),
             return_tensors="pt",
         ).to(device)
         output = model(**encoded, patience=patience)

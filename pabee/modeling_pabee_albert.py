@@ -61,11 +61,12 @@ LAYER_LOSS_WEIGHTS = ("linear", "uniform", "last")
 # Copied from pabee.modeling_pabee_bert.PabeeBertConfig with Bert->Albert
 class PabeeAlbertConfig(AlbertConfig):
     """
-    The ALBERT config plus the early-exit settings, saved with the model. Its own `model_type` ("pabee_albert") keeps
-    transformers from loading a saved PABEE model into its plain `AlbertForSequenceClassification` (which would drop
-    the internal classifiers and answer with a new, random one): without `trust_remote_code=True` the Auto classes
-    refuse the folder and say to pass it. A plain ALBERT config (a pretrained backbone, or a checkpoint of the
-    reference implementation) loads as this config, with the settings it lacks at their defaults.
+    The ALBERT config plus the early-exit settings, saved with the model. Its own `model_type` ("pabee_" and
+    the backbone's) keeps transformers from loading a saved PABEE model into its plain
+    `AlbertForSequenceClassification` (which would drop the internal classifiers and answer with a new, random
+    one): without `trust_remote_code=True` the Auto classes refuse the folder and say to pass it. A plain ALBERT
+    config (a pretrained backbone, or a checkpoint of the reference implementation) loads as this config, with the
+    settings it lacks at their defaults.
 
     Args:
         patience (`int`, defaults to 0):
@@ -86,7 +87,7 @@ class PabeeAlbertConfig(AlbertConfig):
             fine-tuning).
     """
 
-    model_type = "pabee_albert"
+    model_type = f"pabee_{AlbertConfig.model_type}"
 
     patience: int = PABEE_DEFAULTS["patience"]
     regression_threshold: float | int = PABEE_DEFAULTS["regression_threshold"]
@@ -97,7 +98,7 @@ class PabeeAlbertConfig(AlbertConfig):
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        """The saved config's dict; a plain ALBERT config's reads as this type (without transformers' type warning)."""
+        """The saved config's dict; a plain ALBERT config's reads as this type (no transformers type warning)."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         if config_dict.get("model_type") == AlbertConfig.model_type:
             config_dict["model_type"] = cls.model_type
@@ -105,7 +106,7 @@ class PabeeAlbertConfig(AlbertConfig):
 
     @classmethod
     def from_backbone_config(cls, config):
-        """This config with every setting of `config`, a plain `AlbertConfig` (PABEE settings set on it are kept)."""
+        """This config with every setting of `config`, a plain `AlbertConfig` (PABEE settings on it kept)."""
         config_dict = {key: value for key, value in config.to_dict().items() if key != "model_type"}
         return cls(**config_dict, attn_implementation=config._attn_implementation)
 
@@ -303,6 +304,13 @@ class AlbertModelWithPabee(AlbertModel):
     def __init__(self, config):
         super().__init__(config, add_pooling_layer=True)
 
+    def classifier_dropout_prob(self):
+        """
+        The dropout before each internal classifier (in training only): the reference's, the hidden dropout (0 in the
+        released ALBERT configs; `AlbertForSequenceClassification` uses `classifier_dropout_prob` instead).
+        """
+        return self.config.hidden_dropout_prob
+
     def embed(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
         """The input of layer 1: `(batch_size, seq_len, hidden_size)`, after ALBERT's embedding projection."""
         embeddings = self.embeddings(
@@ -310,6 +318,7 @@ class AlbertModelWithPabee(AlbertModel):
         )
         return self.encoder.embedding_hidden_mapping_in(embeddings)
 
+    # Copied from pabee.modeling_pabee_bert.BertModelWithPabee.layer_attention_mask
     def layer_attention_mask(self, hidden_states, attention_mask):
         """The mask the layers take (its form depends on the attention implementation) from a 0/1 padding mask."""
         return create_bidirectional_mask(
@@ -321,6 +330,7 @@ class AlbertModelWithPabee(AlbertModel):
         group_index = int(index / (self.config.num_hidden_layers / self.config.num_hidden_groups))
         return self.encoder.albert_layer_groups[group_index](hidden_states, layer_attention_mask)
 
+    # Copied from pabee.modeling_pabee_bert.BertModelWithPabee.pooling_weights
     def pooling_weights(self, hidden_states, attention_mask):
         """
         What `pool` needs besides a layer's hidden states, made once for a batch rather than at every layer: for
@@ -356,14 +366,14 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
     """
     ALBERT with one linear classifier per layer and patience-based early exit.
 
-    The PABEE settings live on the config (`PabeeAlbertConfig`), so `save_pretrained` keeps them: `config.patience` (0:
-    no early exit), `config.regression_threshold` (regression: a change smaller than this counts as "the same
-    prediction"), `config.exit_pooling`, `config.layer_loss_weights` (PABEE's "linear" 1..L, "uniform", or "last"),
-    and, to compare PABEE with other exit rules on the same model, `config.exit_criterion` ("patience", "entropy" or
-    "confidence") with its `config.exit_threshold`. Keyword arguments set them on the config
-    (`from_pretrained(path, patience=3)`); `forward` takes the exit settings as keyword arguments to override them for
-    one call. A plain `AlbertConfig` is taken over into a `PabeeAlbertConfig`, so that the model always saves as a
-    PABEE model.
+    The PABEE settings live on the config (`PabeeAlbertConfig`), so `save_pretrained` keeps them:
+    `config.patience` (0: no early exit), `config.regression_threshold` (regression: a change smaller than this
+    counts as "the same prediction"), `config.exit_pooling`, `config.layer_loss_weights` (PABEE's "linear" 1..L,
+    "uniform", or "last"), and, to compare PABEE with other exit rules on the same model, `config.exit_criterion`
+    ("patience", "entropy" or "confidence") with its `config.exit_threshold`. Keyword arguments set them on the
+    config (`from_pretrained(path, patience=3)`); `forward` takes the exit settings as keyword arguments to
+    override them for one call. A plain `AlbertConfig` is taken over into a `PabeeAlbertConfig`, so that
+    the model always saves as a PABEE model.
     """
 
     config_class = PabeeAlbertConfig
@@ -385,7 +395,7 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
         self.num_labels = config.num_labels
 
         self.albert = AlbertModelWithPabee(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(self.albert.classifier_dropout_prob())
         self.classifiers = nn.ModuleList(
             [nn.Linear(config.hidden_size, config.num_labels) for _ in range(config.num_hidden_layers)]
         )

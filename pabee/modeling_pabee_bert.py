@@ -54,11 +54,12 @@ LAYER_LOSS_WEIGHTS = ("linear", "uniform", "last")
 
 class PabeeBertConfig(BertConfig):
     """
-    The BERT config plus the early-exit settings, saved with the model. Its own `model_type` ("pabee_bert") keeps
-    transformers from loading a saved PABEE model into its plain `BertForSequenceClassification` (which would drop
-    the internal classifiers and answer with a new, random one): without `trust_remote_code=True` the Auto classes
-    refuse the folder and say to pass it. A plain BERT config (a pretrained backbone, or a checkpoint of the
-    reference implementation) loads as this config, with the settings it lacks at their defaults.
+    The BERT config plus the early-exit settings, saved with the model. Its own `model_type` ("pabee_" and
+    the backbone's) keeps transformers from loading a saved PABEE model into its plain
+    `BertForSequenceClassification` (which would drop the internal classifiers and answer with a new, random
+    one): without `trust_remote_code=True` the Auto classes refuse the folder and say to pass it. A plain BERT
+    config (a pretrained backbone, or a checkpoint of the reference implementation) loads as this config, with the
+    settings it lacks at their defaults.
 
     Args:
         patience (`int`, defaults to 0):
@@ -79,7 +80,7 @@ class PabeeBertConfig(BertConfig):
             fine-tuning).
     """
 
-    model_type = "pabee_bert"
+    model_type = f"pabee_{BertConfig.model_type}"
 
     patience: int = PABEE_DEFAULTS["patience"]
     regression_threshold: float | int = PABEE_DEFAULTS["regression_threshold"]
@@ -90,7 +91,7 @@ class PabeeBertConfig(BertConfig):
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        """The saved config's dict; a plain BERT config's reads as this type (without transformers' type warning)."""
+        """The saved config's dict; a plain BERT config's reads as this type (no transformers type warning)."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         if config_dict.get("model_type") == BertConfig.model_type:
             config_dict["model_type"] = cls.model_type
@@ -98,7 +99,7 @@ class PabeeBertConfig(BertConfig):
 
     @classmethod
     def from_backbone_config(cls, config):
-        """This config with every setting of `config`, a plain `BertConfig` (PABEE settings set on it are kept)."""
+        """This config with every setting of `config`, a plain `BertConfig` (PABEE settings on it kept)."""
         config_dict = {key: value for key, value in config.to_dict().items() if key != "model_type"}
         return cls(**config_dict, attn_implementation=config._attn_implementation)
 
@@ -284,6 +285,10 @@ class BertModelWithPabee(BertModel):
     def __init__(self, config):
         super().__init__(config, add_pooling_layer=True)
 
+    def classifier_dropout_prob(self):
+        """The dropout before each internal classifier (in training only): the reference's, the hidden dropout."""
+        return self.config.hidden_dropout_prob
+
     def embed(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
         """The input of layer 1: `(batch_size, seq_len, hidden_size)`."""
         return self.embeddings(
@@ -333,14 +338,14 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
     """
     BERT with one linear classifier per layer and patience-based early exit.
 
-    The PABEE settings live on the config (`PabeeBertConfig`), so `save_pretrained` keeps them: `config.patience` (0:
-    no early exit), `config.regression_threshold` (regression: a change smaller than this counts as "the same
-    prediction"), `config.exit_pooling`, `config.layer_loss_weights` (PABEE's "linear" 1..L, "uniform", or "last"),
-    and, to compare PABEE with other exit rules on the same model, `config.exit_criterion` ("patience", "entropy" or
-    "confidence") with its `config.exit_threshold`. Keyword arguments set them on the config
-    (`from_pretrained(path, patience=3)`); `forward` takes the exit settings as keyword arguments to override them for
-    one call. A plain `BertConfig` is taken over into a `PabeeBertConfig`, so that the model always saves as a
-    PABEE model.
+    The PABEE settings live on the config (`PabeeBertConfig`), so `save_pretrained` keeps them:
+    `config.patience` (0: no early exit), `config.regression_threshold` (regression: a change smaller than this
+    counts as "the same prediction"), `config.exit_pooling`, `config.layer_loss_weights` (PABEE's "linear" 1..L,
+    "uniform", or "last"), and, to compare PABEE with other exit rules on the same model, `config.exit_criterion`
+    ("patience", "entropy" or "confidence") with its `config.exit_threshold`. Keyword arguments set them on the
+    config (`from_pretrained(path, patience=3)`); `forward` takes the exit settings as keyword arguments to
+    override them for one call. A plain `BertConfig` is taken over into a `PabeeBertConfig`, so that
+    the model always saves as a PABEE model.
     """
 
     config_class = PabeeBertConfig
@@ -362,7 +367,7 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
         self.num_labels = config.num_labels
 
         self.bert = BertModelWithPabee(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(self.bert.classifier_dropout_prob())
         self.classifiers = nn.ModuleList(
             [nn.Linear(config.hidden_size, config.num_labels) for _ in range(config.num_hidden_layers)]
         )

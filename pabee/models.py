@@ -1,8 +1,8 @@
 """The PABEE model classes by backbone family, and the config of a model folder in the family's PABEE config class.
 
-A pretrained backbone's config.json says `"model_type": "bert"` (or "albert"); a PABEE model saved from these classes
-says "pabee_bert" (or "pabee_albert", see `PabeeBertConfig`), so that transformers' Auto classes do not take it for
-a plain BERT. Both load into the same class, and the family ("bert", "albert") is what the training script's
+A pretrained backbone's config.json says `"model_type": "bert"` (or "albert", "roberta", ...); a PABEE model saved
+from these classes says "pabee_bert" (see `PabeeBertConfig`), so that transformers' Auto classes do not take it for
+a plain BERT. Both load into the same class, and the family (the backbone's model type) is what the training script's
 `--model_type` names.
 
     config, family = load_pabee_config("output/demo")
@@ -13,10 +13,19 @@ from transformers import PreTrainedConfig
 
 from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee
 from .modeling_pabee_bert import BertForSequenceClassificationWithPabee
+from .modeling_pabee_distilbert import DistilBertForSequenceClassificationWithPabee
+from .modeling_pabee_electra import ElectraForSequenceClassificationWithPabee
+from .modeling_pabee_roberta import RobertaForSequenceClassificationWithPabee
+from .modeling_pabee_xlm_roberta import XLMRobertaForSequenceClassificationWithPabee
 
+# Keyed by the backbone's model_type
 MODEL_CLASSES = {
     "bert": BertForSequenceClassificationWithPabee,
     "albert": AlbertForSequenceClassificationWithPabee,
+    "roberta": RobertaForSequenceClassificationWithPabee,
+    "xlm-roberta": XLMRobertaForSequenceClassificationWithPabee,
+    "distilbert": DistilBertForSequenceClassificationWithPabee,
+    "electra": ElectraForSequenceClassificationWithPabee,
 }
 
 
@@ -42,3 +51,13 @@ def load_pabee_config(path, **kwargs):
     if family is None:
         raise ValueError(f"{path} holds a {model_type!r} model; supported model types: {', '.join(MODEL_CLASSES)}")
     return MODEL_CLASSES[family].config_class.from_pretrained(path, **kwargs), family
+
+
+def max_model_length(config):
+    """
+    The longest input the model's position embeddings cover. RoBERTa and XLM-RoBERTa number positions from
+    pad_token_id + 1, so they cover pad_token_id + 1 fewer tokens than they have positions (512 of 514).
+    """
+    if model_family(config.model_type) in ("roberta", "xlm-roberta"):
+        return config.max_position_embeddings - config.pad_token_id - 1
+    return config.max_position_embeddings

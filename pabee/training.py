@@ -21,13 +21,18 @@ logger = logging.getLogger(__name__)
 
 def make_optimizer(args, model):
     """
-    AdamW with weight decay on every parameter except biases and LayerNorm weights; the internal classifiers'
-    learning rate is --classifier_lr_multiplier times the backbone's.
+    AdamW with weight decay on every parameter except biases and layer-norm weights; the internal classifiers'
+    learning rate is --classifier_lr_multiplier times the backbone's. Layer norms are found by type, not by name:
+    the families name them differently (BERT `LayerNorm`, DistilBERT `sa_layer_norm`, ALBERT `full_layer_layer_norm`).
     """
-    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+    norm_parameters = {
+        id(parameter) for module in model.modules() if isinstance(module, torch.nn.LayerNorm)
+        for parameter in module.parameters()
+    }
     groups = {}
     for name, parameter in model.named_parameters():
-        decay = 0.0 if any(part in name for part in no_decay) else args.weight_decay
+        no_decay = name.endswith("bias") or id(parameter) in norm_parameters
+        decay = 0.0 if no_decay else args.weight_decay
         learning_rate = args.learning_rate * (args.classifier_lr_multiplier if name.startswith("classifiers.") else 1)
         groups.setdefault((decay, learning_rate), []).append(parameter)
     return torch.optim.AdamW(

@@ -1,5 +1,5 @@
 """End-to-end tests of run_glue_with_pabee.py: `main()` with an argv list, on GLUE folders in the original TSV layout
-and tiny random BERT / ALBERT models that the tests write themselves (offline, CPU, no download).
+and tiny random models of every family that the tests write themselves (offline, CPU, no download).
 
 Each task is trained once per session (`trained` fixture); tests that evaluate again work on a copy of its output.
 
@@ -24,8 +24,10 @@ from transformers import AutoTokenizer, BertTokenizerFast, DataCollatorWithPaddi
 import pabee.training
 import run_glue_with_pabee
 from fixtures_glue import (
+    MODEL_TYPES,
     NUM_DEV,
     NUM_LAYERS,
+    NUM_TEST,
     TASK_EVAL_SETS,
     TASK_FOLDERS,
     TASK_METRICS,
@@ -37,6 +39,7 @@ from fixtures_glue import (
     save_tiny_model,
     snapshot,
     write_glue_task,
+    write_test_split,
 )
 from pabee import AlbertForSequenceClassificationWithPabee, BertForSequenceClassificationWithPabee
 from pabee.evaluation import ExitSetting, predict
@@ -72,7 +75,7 @@ def offline_and_single_threaded():
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    paths = {model_type: save_tiny_model(root / model_type, model_type) for model_type in ("bert", "albert")}
+    paths = {model_type: save_tiny_model(root / model_type, model_type) for model_type in MODEL_TYPES}
     paths["bert-no-dropout"] = save_tiny_model(root / "bert-no-dropout", "bert", dropout=False)
     return paths
 
@@ -413,6 +416,7 @@ def assert_same_weights(resumed_dir, uninterrupted_dir):
 @pytest.mark.parametrize("model_name", [
     "bert-no-dropout",
     "bert",
+    "distilbert",  # with dropout of its own names, and no token types
 ])
 def test_resume_from_checkpoint_gives_the_uninterrupted_result(models, glue, tmp_path, caplog, model_name):
     def command(output_dir):
@@ -582,7 +586,54 @@ def test_overwrite_output_dir_starts_over(models, glue, trained, tmp_path, caplo
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 6. ALBERT, with the two commands of the reference README
+# 6. The other families; ALBERT, with the two commands of the reference README
+
+
+@pytest.mark.parametrize("model_type, give_model_type", [
+    ("roberta", True),
+    ("xlm-roberta", False),  # read from the config
+    ("distilbert", True),
+    ("electra", False),
+])
+def test_other_families_train_sweep_and_predict(models, glue, tmp_path, model_type, give_model_type):
+    """MRPC (sentence pairs, so token types would differ from 0) trained, swept over patience and predicted."""
+    data_dir = copy_task(glue, "mrpc", tmp_path)
+    write_test_split(data_dir, "mrpc")
+    output_dir = tmp_path / "out"
+    run_main(["--model_name_or_path", models[model_type], "--task_name", "MRPC", "--data_dir", data_dir,
+              "--output_dir", output_dir, "--do_train", "--do_eval", "--do_predict", "--max_steps", "10",
+              "--learning_rate", "3e-3", "--per_gpu_train_batch_size", "8", "--save_steps", "0",
+              "--patience", "0,1,2,3", "--per_gpu_eval_batch_size", "7", "--max_seq_length", "32", "--no_cuda",
+              *(["--model_type", model_type] if give_model_type else [])])
+
+    pabee_class = run_glue_with_pabee.MODEL_CLASSES[model_type]
+    model = pabee_class.from_pretrained(output_dir).eval()
+    assert model.config.model_type == f"pabee_{model_type}" and model.config.num_labels == 2
+    prefix = {"xlm-roberta": "roberta"}.get(model_type, model_type)
+    assert {key.split(".")[0] for key in load_file(output_dir / "model.safetensors")} == {prefix, "classifiers"}
+    # Token types reach only the family that has them (ELECTRA); RoBERTa's and DistilBERT's features hold none.
+    caches = list((output_dir / "cached_features").glob("cached_mrpc_train_*"))
+    assert len(caches) == 1
+    has_token_types = "token_type_ids" in datasets.load_from_disk(caches[0]).column_names
+    assert has_token_types == (model_type == "electra")
+
+    # The sweep, with an early exit that does happen.
+    entries = by_key(read_runs(output_dir)[0]["entries"])
+    assert set(entries) == {("final", "dev", patience) for patience in range(4)}
+    assert entries[("final", "dev", 0)]["avg_exit_layer"] == NUM_LAYERS
+    assert min(entry["avg_exit_layer"] for entry in entries.values()) < NUM_LAYERS
+
+    # The predictions are those of early exit on each test example alone, tokenised as users would.
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    examples = read_glue_split(data_dir, get_task("mrpc"), "test")
+    for patience in (0, 2):
+        lines = (output_dir / "predictions" / f"patience_{patience}" / "MRPC.tsv").read_text().splitlines()
+        assert lines[0] == "index\tprediction" and len(lines) == 1 + NUM_TEST
+        with torch.no_grad():
+            for line, example in zip(lines[1:], examples):
+                inputs = tokenizer(example.text_a, example.text_b, return_tensors="pt")
+                answer = model(**inputs, patience=patience).logits.argmax(-1).item()
+                assert line.split("\t")[1] == model.config.id2label[answer]
 
 
 def test_albert_reference_commands(models, glue, tmp_path):
@@ -758,6 +809,13 @@ BAD_INPUTS = {
         _train(m, g, "sst-2", o, "--model_type", "gpt2"), ["model_type", "gpt2"])),
     "model_type not the model's": ("trained", lambda m, g, t, o: (
         _train(m, g, "sst-2", o, "--model_type", "albert"), ["albert", "bert"])),
+    "model_type of another new family": ("absent", lambda m, g, t, o: (
+        base_args(m["distilbert"], g["sst-2"], "sst-2", o, "--do_train", "--model_type", "electra"),
+        ["electra", "distilbert"])),
+    # RoBERTa numbers positions from pad_token_id + 1 = 2: 64 positions cover 62 tokens
+    "max_seq_length beyond RoBERTa's positions": ("absent", lambda m, g, t, o: (
+        base_args(m["roberta"], g["sst-2"], "sst-2", o, "--do_train", "--max_seq_length", "63"),
+        ["--max_seq_length 63", "62 tokens"])),
     "patience 3,x": ("trained", lambda m, g, t, o: (
         _train(m, g, "sst-2", o, "--patience", "3,x"), ["patience", "3,x"])),
     "patience -1": ("trained", lambda m, g, t, o: (
@@ -872,6 +930,7 @@ def test_help_explains_patience_and_threshold(capsys):
     text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     assert "PATIENCE+1" in text and "0 runs every layer" in text
     assert "--regression_threshold" in text and "differ by less than" in text
+    assert "Backbone family: bert, albert, roberta, xlm-roberta, distilbert, electra." in text
     # Every flag of the reference script is there.
     for flag in ("data_dir", "model_type", "model_name_or_path", "task_name", "output_dir", "patience",
                  "regression_threshold", "config_name", "tokenizer_name", "cache_dir", "max_seq_length", "do_train",

@@ -19,7 +19,16 @@ import pytest
 import torch
 import transformers
 from fixtures_glue import VOCAB, run_main, save_tiny_model, write_glue_task
-from test_modeling import LENGTHS, has_spread, make_batch, make_config, make_model
+from test_modeling import (
+    LENGTHS,
+    NEW_FAMILY_VARIANTS,
+    ONE_PER_FAMILY,
+    VARIANTS,
+    has_spread,
+    make_batch,
+    make_config,
+    make_model,
+)
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -31,11 +40,9 @@ from transformers import (
 )
 
 from pabee import classify
-from pabee.modeling_pabee_albert import PabeeAlbertConfig
 from pabee.modeling_pabee_bert import BertForSequenceClassificationWithPabee, PabeeBertConfig
 from pabee.models import MODEL_CLASSES, load_pabee_config
 
-FAMILY_OF = {"bert": "bert", "albert": "albert", "albert_groups2": "albert"}
 TEXTS = ["a good film", "bad bad plot", "the actor was superb and lovely", "dull", "a weak story , but a fine cast",
          "boring", "great", "an awful movie about the plot"]
 
@@ -67,16 +74,17 @@ def inputs_of(batch):
 # What a saved folder holds
 
 
-@pytest.mark.parametrize("variant", ["bert", "albert"])
+@pytest.mark.parametrize("variant", ONE_PER_FAMILY)
 def test_saved_folder_names_its_classes_and_carries_the_modeling_file(variant, tmp_path):
-    family = FAMILY_OF[variant]
+    family = VARIANTS[variant][0]
     model = make_model(variant, 3, patience=2, exit_pooling="mean")
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    module = f"modeling_pabee_{family}"
+    module = f"modeling_pabee_{family.replace('-', '_')}"
     assert config["model_type"] == f"pabee_{family}"
+    assert type(model.config).__name__ == f"Pabee{type(model).__name__.split('For')[0]}Config"
     assert config["auto_map"] == {
-        "AutoConfig": f"{module}.Pabee{family.capitalize()}Config",
+        "AutoConfig": f"{module}.{type(model.config).__name__}",
         "AutoModelForSequenceClassification": f"{module}.{type(model).__name__}",
     }
     assert (config["patience"], config["exit_pooling"]) == (2, "mean")
@@ -84,12 +92,12 @@ def test_saved_folder_names_its_classes_and_carries_the_modeling_file(variant, t
     assert (tmp_path / f"{module}.py").read_bytes() == open(source, "rb").read()
 
 
-@pytest.mark.parametrize("variant", ["bert", "bert_eager", "albert"])
+@pytest.mark.parametrize("variant", ["bert", "bert_eager", "albert", "roberta", "distilbert"])
 def test_plain_config_is_taken_over_with_every_setting(variant):
     """A model built from a plain BertConfig / AlbertConfig gets our config class, keeping the backbone's settings."""
     plain = make_config(variant, 3)
     model = make_model(variant, 3, patience=1)
-    assert isinstance(model.config, (PabeeBertConfig, PabeeAlbertConfig))
+    assert type(model.config) is type(model).config_class and isinstance(model.config, type(plain))
     assert model.config.patience == 1 and model.config.exit_pooling == "pooler"
     for key, value in plain.to_dict().items():
         if key not in ("model_type", "transformers_version"):
@@ -102,10 +110,12 @@ def test_plain_config_is_taken_over_with_every_setting(variant):
 
 
 @pytest.mark.parametrize("exit_pooling", ["pooler", "mean"])
-@pytest.mark.parametrize("variant", ["bert", "albert_groups2"])
+@pytest.mark.parametrize("variant", ["bert", "albert_groups2"] + NEW_FAMILY_VARIANTS)
 @torch.no_grad()
 def test_auto_model_with_trust_remote_code_answers_as_the_original_class(variant, exit_pooling, tmp_path):
-    model = make_model(variant, 3, patience=1, regression_threshold=0.3, exit_pooling=exit_pooling)
+    # A saved patience at which the test batch's exits spread over several layers with these random classifiers
+    patience = 2 if (variant, exit_pooling) == ("distilbert", "pooler") else 1
+    model = make_model(variant, 3, patience=patience, regression_threshold=0.3, exit_pooling=exit_pooling)
     model.save_pretrained(tmp_path)
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True).eval()
 
@@ -114,7 +124,7 @@ def test_auto_model_with_trust_remote_code_answers_as_the_original_class(variant
     assert type(loaded).__name__ == type(model).__name__
     settings = ("patience", "regression_threshold", "exit_pooling", "exit_criterion", "layer_loss_weights")
     assert [getattr(loaded.config, name) for name in settings] == [getattr(model.config, name) for name in settings]
-    inputs = inputs_of(make_batch())
+    inputs = inputs_of(make_batch(config=model.config))
     expected, answer = model(**inputs), loaded(**inputs)
     assert has_spread(expected.exit_layers, model.config.num_hidden_layers)  # the saved patience exits early
     assert torch.equal(answer.exit_layers, expected.exit_layers)
@@ -144,7 +154,7 @@ def test_folders_the_script_saves_load_through_auto_model(tmp_path):
         torch.testing.assert_close(answer.logits, expected.logits, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["bert", "albert"])
+@pytest.mark.parametrize("variant", ONE_PER_FAMILY)
 def test_plain_auto_model_refuses_and_says_to_trust_remote_code(variant, tmp_path, monkeypatch):
     """Without trust_remote_code transformers must not build its plain classifier with a new, random head."""
     make_model(variant, 3).save_pretrained(tmp_path)

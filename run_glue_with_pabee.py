@@ -358,8 +358,7 @@ def load_splits(args, splits, tokenizer, config):
     sources = {split: split_loader(args, split) for split in splits}
     try:
         return load_feature_sets(args.task, sources, tokenizer, args.max_seq_length, model_family(config.model_type),
-                                 cache_dir,
-                                 overwrite_cache=args.overwrite_cache,
+                                 cache_dir, overwrite_cache=args.overwrite_cache,
                                  with_token_types=takes_token_types(config, tokenizer))
     except ValueError as error:  # a malformed row, an unknown label, an unsupported file type
         raise InputError(first_line(error))

@@ -95,7 +95,7 @@ def check_input_kind(inputs, config):
         if (text_b is not None) != pairs:
             raise InputError(f"input {number}: the inputs mix single texts and tab-separated pairs; give one kind")
     try:
-        task = get_task(config.finetuning_task or "")
+        task = get_task(getattr(config, "finetuning_task", None) or "")
     except ValueError:  # not fine-tuned on a GLUE task this project knows: either kind may be right
         return
     if pairs != is_sentence_pair_task(task):

@@ -321,6 +321,24 @@ def test_classify_prints_the_answers_of_each_text_alone_at_any_batch_size(traine
     assert batched[1].split("\t")[2] == f"{expected[0][2]}/6"  # out of the model's 6 layers
 
 
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+def test_classify_other_families_batched_as_one_at_a_time(family, tmp_path, capsys):
+    """Their tokenizers give no token types (RoBERTa, DistilBERT) or other special tokens; positions start later."""
+    folder = save_tiny_model(tmp_path / family, family)
+    model = MODEL_CLASSES[family].from_pretrained(folder, num_labels=2, patience=1, exit_pooling="mean").eval()
+    model.save_pretrained(folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, config=model.config)
+    _, batched = run_classify(capsys, "--model", folder, *TEXTS)
+    _, single = run_classify(capsys, "--model", folder, "--batch_size", "1", *TEXTS)
+    assert batched == single
+    with torch.no_grad():
+        for (label, probability, exit_layer), text in zip(printed(batched), TEXTS):
+            output = model(**tokenizer(text, return_tensors="pt"))
+            probabilities = output.logits[0].softmax(-1)
+            assert (label, exit_layer) == (str(int(probabilities.argmax())), int(output.exit_layers[0]))
+            assert probability == pytest.approx(float(probabilities.max()), abs=5e-4)
+
+
 def test_classify_patience_overrides_the_saved_one(trained_folder, capsys):
     _, lines = run_classify(capsys, "--model", trained_folder, "--patience", "0", *TEXTS)
     assert {row[2] for row in printed(lines)} == {6}

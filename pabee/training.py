@@ -48,6 +48,8 @@ def save_checkpoint(args, accelerator, model, tokenizer, step, trainer_state):
     accelerator.wait_for_everyone()
     path = partial_path(args.output_dir, step)
     accelerator.save_state(path)  # model weights (safetensors), optimizer, scheduler, RNG states, scaler
+    # Every process writes its own RNG states into the folder: it may be completed and renamed only once all have.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).config.save_pretrained(path)
         tokenizer.save_pretrained(path)

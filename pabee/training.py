@@ -49,6 +49,8 @@ def save_checkpoint(args, accelerator, model, tokenizer, step, trainer_state):
     accelerator.wait_for_everyone()
     path = partial_path(args.output_dir, step)
     accelerator.save_state(path)  # model weights (safetensors), optimizer, scheduler, RNG states, scaler
+    # Every process writes its own RNG states into the folder: it may be completed and renamed only once all have.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         # What save_pretrained adds beside the weights: the model's class in the config's auto_map and the modeling

@@ -1,10 +1,31 @@
-"""Patience-based Early Exit (PABEE) for BERT and ALBERT sequence classification."""
+"""Patience-based Early Exit (PABEE) for BERT, ALBERT, RoBERTa, XLM-RoBERTa, DistilBERT and ELECTRA classification."""
 
-from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee, AlbertModelWithPabee
+from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee, AlbertModelWithPabee, PabeeAlbertConfig
 from .modeling_pabee_bert import (
     BertForSequenceClassificationWithPabee,
     BertModelWithPabee,
+    PabeeBertConfig,
     PabeeSequenceClassifierOutput,
+)
+from .modeling_pabee_distilbert import (
+    DistilBertForSequenceClassificationWithPabee,
+    DistilBertModelWithPabee,
+    PabeeDistilBertConfig,
+)
+from .modeling_pabee_electra import (
+    ElectraForSequenceClassificationWithPabee,
+    ElectraModelWithPabee,
+    PabeeElectraConfig,
+)
+from .modeling_pabee_roberta import (
+    PabeeRobertaConfig,
+    RobertaForSequenceClassificationWithPabee,
+    RobertaModelWithPabee,
+)
+from .modeling_pabee_xlm_roberta import (
+    PabeeXLMRobertaConfig,
+    XLMRobertaForSequenceClassificationWithPabee,
+    XLMRobertaModelWithPabee,
 )
 
 __all__ = [
@@ -12,5 +33,19 @@ __all__ = [
     "AlbertModelWithPabee",
     "BertForSequenceClassificationWithPabee",
     "BertModelWithPabee",
+    "DistilBertForSequenceClassificationWithPabee",
+    "DistilBertModelWithPabee",
+    "ElectraForSequenceClassificationWithPabee",
+    "ElectraModelWithPabee",
+    "PabeeAlbertConfig",
+    "PabeeBertConfig",
+    "PabeeDistilBertConfig",
+    "PabeeElectraConfig",
+    "PabeeRobertaConfig",
     "PabeeSequenceClassifierOutput",
+    "RobertaForSequenceClassificationWithPabee",
+    "RobertaModelWithPabee",
+    "XLMRobertaForSequenceClassificationWithPabee",
+    "PabeeXLMRobertaConfig",
+    "XLMRobertaModelWithPabee",
 ]

@@ -11,6 +11,7 @@ from .evaluation import (
     answers,
     layer_metrics,
     oracle_settings,
+    precision,
     predict,
     simulate,
     summarize,
@@ -62,7 +63,8 @@ def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=N
                 predictions = simulated
             entry = {"checkpoint": checkpoint_name, "step": step, "eval_set": eval_set, **setting.as_dict(),
                      "regression_threshold": threshold if args.task.is_regression else None,
-                     "batch_size": args.per_gpu_eval_batch_size, "num_layers": num_layers}
+                     "batch_size": args.per_gpu_eval_batch_size, "num_layers": num_layers,
+                     "precision": precision(accelerator)}
             entry.update(summarize(args.task, predictions, num_layers))
             if timed:
                 # Agreement of the real run with the one-pass simulation: 1.0 up to floating-point ties.

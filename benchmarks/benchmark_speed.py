@@ -16,7 +16,8 @@ returns. Every comparison is timed inside one run: warm-up first, then the conte
    to its first k layers, with layer k's internal classifier on top (BertForSequenceClassification for the pooler;
    BertModel, a mean over the attended tokens and the classifier for the mean). Batch 1 at every k, and
    --eval_batch_size at k = 2, L // 2, L - 1, for each exit pooling; with --baseline_revision, the early exit of the
-   modeling file of that git commit is timed in the same rounds (before and after a change, in one run).
+   modeling file of that git commit is timed in the same rounds (before and after a change, in one run). Each
+   forward's operator calls are counted too; --operators_only counts them without timing anything.
 2. batched_early_exit: batches of examples whose exit layers spread over patience+1..L, against full depth; and
    early exit at batch 32 against the same examples one at a time.
 3. full_depth_vs_transformers: patience 0 against transformers' BertForSequenceClassification, same weights.
@@ -60,6 +61,8 @@ SHAPES = {
 # One thread in the smoke run: tiny operators on several threads crawl when other processes hold the cores.
 TINY_SETTINGS = dict(shapes=["tiny"], train_shapes=["tiny"], seq_len=16, repeats=2, cut_repeats=2,
                      batch_sizes=[2, 4, 8], eval_batch_size=8, num_threads=1)
+SECTIONS = ["forced_exit_batch1", "exit_cost_batch1", "against_cut_model", "batched_early_exit",
+            "full_depth_vs_transformers", "eval_peak_memory", "training_step"]
 TARGETS = {
     "forced_exit_batch1": "efficiency >= 0.97 at every exit layer",
     "exit_cost_batch1": "(what limits forced_exit_batch1: a breakdown, no target of its own)",
@@ -98,6 +101,12 @@ def parse_args(argv=None):
                         help="torch.set_num_threads before timing. Default: torch's own choice. On a loaded CPU, "
                              "fewer threads than cores avoids threads waiting on each other.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for weights, inputs and exit layers.")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"Comma-separated sections to run, from: {', '.join(SECTIONS)}. Default: all. "
+                             "eval_peak_memory uses the examples of batched_early_exit, so needs it.")
+    parser.add_argument("--operators_only", action="store_true",
+                        help="Run only section 1c (against_cut_model) and time nothing: count the operators each "
+                             "forward dispatches (the same on a loaded machine as on a quiet one).")
     parser.add_argument("--output", default="benchmarks/results/speed.json", help="Where to write the JSON results.")
     parser.add_argument("--tiny", action="store_true",
                         help="Tiny shapes (4 layers, hidden 32, length 16, 2 repeats, batches 2,4,8): a smoke run of "
@@ -109,6 +118,11 @@ def parse_args(argv=None):
     args.train_shapes = args.train_shapes.split(",") if args.train_shapes else None
     args.batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     args.exit_poolings = args.exit_poolings.split(",")
+    args.sections = ["against_cut_model"] if args.operators_only else args.sections.split(",")
+    if not set(args.sections) <= set(SECTIONS):
+        parser.error(f"--sections: choose from {', '.join(SECTIONS)}; got {','.join(args.sections)}")
+    if "eval_peak_memory" in args.sections and "batched_early_exit" not in args.sections:
+        parser.error("--sections: eval_peak_memory measures the examples of batched_early_exit: add it")
     if not set(args.exit_poolings) <= {"pooler", "mean"}:
         parser.error(f"--exit_poolings: choose from pooler, mean; got {','.join(args.exit_poolings)}")
     if args.tiny:
@@ -210,14 +224,13 @@ def make_cut_model(model, exit_layer):
     state = {key: value for key, value in model.base_model.state_dict().items()
              if not (key.startswith("encoder.layer.") and int(key.split(".")[2]) >= exit_layer)
              and (pooler_exit or not key.startswith("pooler."))}
-    backbone = BertModel(config, add_pooling_layer=pooler_exit)
-    backbone.load_state_dict(state)
     classifier = copy.deepcopy(model.classifiers[exit_layer - 1])
     if pooler_exit:
         cut = BertForSequenceClassification(config)
-        cut.bert, cut.classifier = backbone, classifier
+        cut.classifier = classifier
     else:
-        cut = MeanPooledClassifier(backbone, classifier)
+        cut = MeanPooledClassifier(BertModel(config, add_pooling_layer=False), classifier)
+    cut.bert.load_state_dict(state)
     return cut.to(model.device).eval()
 
 
@@ -452,9 +465,13 @@ def bench_against_cut_model(model, args, device, baseline=None):
             if baseline is not None:
                 fns["baseline_early_exit"] = lambda p=patience: inference(baseline, input_ids, attention_mask,
                                                                           patience=p)
+            row = {"batch_size": batch_size, "exit_layer": exit_layer, "patience": patience}
+            row.update({f"{name}_operators": operator_calls(fn) for name, fn in fns.items()})
+            if args.operators_only:
+                rows.append(row)
+                continue
             times = compare(fns, args.cut_repeats if batch_size == 1 else args.repeats, device)
-            row = {"batch_size": batch_size, "exit_layer": exit_layer, "patience": patience,
-                   "cut_model_time_s": median(times["cut_model"]), "early_exit_time_s": median(times["early_exit"])}
+            row.update({"cut_model_time_s": median(times["cut_model"]), "early_exit_time_s": median(times["early_exit"])})
             row["cut_over_early_exit"] = row["cut_model_time_s"] / row["early_exit_time_s"]
             if baseline is not None:
                 row["baseline_time_s"] = median(times["baseline_early_exit"])
@@ -462,9 +479,11 @@ def bench_against_cut_model(model, args, device, baseline=None):
                 row["baseline_over_early_exit"] = row["baseline_time_s"] / row["early_exit_time_s"]
             rows.append({**row, "times_s": times})
             del cut
-    columns = ["batch_size", "exit_layer", "cut_model_time_s", "early_exit_time_s", "cut_over_early_exit"]
-    if baseline is not None:
-        columns += ["baseline_time_s", "cut_over_baseline", "baseline_over_early_exit"]
+    columns = ["batch_size", "exit_layer", "cut_model_operators", "early_exit_operators"]
+    columns += ["baseline_early_exit_operators"] if baseline is not None else []
+    if not args.operators_only:
+        columns += ["cut_model_time_s", "early_exit_time_s", "cut_over_early_exit"]
+        columns += ["baseline_time_s", "cut_over_baseline", "baseline_over_early_exit"] if baseline is not None else []
     print_table("1c. early exit at layer k vs transformers' model cut to k layers", rows, columns)
     return {"cut_model": "BertForSequenceClassification" if model.config.exit_pooling == "pooler" else
             "BertModel without pooler + mean over attended tokens + linear", "rows": rows}
@@ -665,17 +684,23 @@ def run_benchmark(args):
         for pooling in args.exit_poolings:
             print(f"\n  --- internal classifiers over the {pooling} ---", flush=True)
             model.config.exit_pooling = pooling
-            results["forced_exit_batch1"][shape][pooling] = bench_forced_exit(model, args, device)
-            results["exit_cost_batch1"][shape][pooling] = bench_exit_cost(model, args, device)
-            results["against_cut_model"][shape][pooling] = bench_against_cut_model(model, args, device, baseline)
+            if "forced_exit_batch1" in args.sections:
+                results["forced_exit_batch1"][shape][pooling] = bench_forced_exit(model, args, device)
+            if "exit_cost_batch1" in args.sections:
+                results["exit_cost_batch1"][shape][pooling] = bench_exit_cost(model, args, device)
+            if "against_cut_model" in args.sections:
+                results["against_cut_model"][shape][pooling] = bench_against_cut_model(model, args, device, baseline)
         del baseline
         model.config.exit_pooling = "pooler"
-        results["batched_early_exit"][shape], spread_inputs = bench_batched_early_exit(model, args, device)
-        results["full_depth_vs_transformers"][shape] = bench_against_transformers(model, plain, args, device)
-        results["eval_peak_memory"][shape] = bench_eval_memory(model, plain, spread_inputs, device)
+        if "batched_early_exit" in args.sections:
+            results["batched_early_exit"][shape], spread_inputs = bench_batched_early_exit(model, args, device)
+        if "full_depth_vs_transformers" in args.sections:
+            results["full_depth_vs_transformers"][shape] = bench_against_transformers(model, plain, args, device)
+        if "eval_peak_memory" in args.sections:
+            results["eval_peak_memory"][shape] = bench_eval_memory(model, plain, spread_inputs, device)
         del model, plain
 
-    for shape in train_shapes:
+    for shape in train_shapes if "training_step" in args.sections else []:
         print(f"\n===== training step: {shape}, batch {args.eval_batch_size}, length {args.seq_len} =====", flush=True)
         results["training_step"][shape] = bench_training(shape, args, device)
 

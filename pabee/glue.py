@@ -199,6 +199,8 @@ def read_glue_split(data_dir: str | os.PathLike, task: GlueTask, split: str) -> 
                     raise GlueFormatError(f"{path}, line {line}: {e}") from None
             text_b = row[layout.text_b] if layout.text_b is not None else None
             examples.append(InputExample(f"{split}-{len(examples)}", row[layout.text_a], text_b, label))
+    if not examples:
+        raise GlueFormatError(f"{path} holds no examples{' (only a header line)' if layout.has_header else ''}")
     return examples
 
 
@@ -336,8 +338,11 @@ def _text_columns(rows: list[dict]) -> list[str]:
     return text[:2]
 
 
-def load_example_file(path: str | os.PathLike, split_name: str) -> list[InputExample]:
-    """Read a csv/json/jsonl file with "sentence1"/"sentence2" (or "sentence") and an optional "label" column."""
+def load_example_file(path: str | os.PathLike, split_name: str, require_labels: bool = False) -> list[InputExample]:
+    """
+    Read a csv/json/jsonl file with "sentence1"/"sentence2" (or "sentence") and a "label" column, optional unless
+    `require_labels` (data to train or evaluate on: a row without its label raises a `ValueError` naming the file).
+    """
     path = Path(path)
     rows = _read_rows(path)
     if not rows:
@@ -347,6 +352,8 @@ def load_example_file(path: str | os.PathLike, split_name: str) -> list[InputExa
     columns = _text_columns(rows)
     if not columns:
         raise ValueError(f"{path}: no text column found; name it 'sentence' (or 'sentence1' and 'sentence2')")
+    if require_labels and not any("label" in row for row in rows):
+        raise ValueError(f"{path}: no 'label' column; training and evaluation need each example's label there")
 
     examples = []
     for i, row in enumerate(rows):
@@ -355,6 +362,8 @@ def load_example_file(path: str | os.PathLike, split_name: str) -> list[InputExa
             raise ValueError(f"{path}, row {i + 1}: missing value in column(s) {columns}")
         label = row.get("label")
         label = None if label is None or label == "" else str(label)
+        if require_labels and label is None:
+            raise ValueError(f"{path}, row {i + 1}: no value in column 'label'")
         examples.append(InputExample(f"{split_name}-{i}", str(texts[0]),
                                      str(texts[1]) if len(texts) > 1 else None, label))
     return examples

@@ -249,6 +249,13 @@ class AlbertModelWithPabee(AlbertModel):
     def __init__(self, config):
         super().__init__(config, add_pooling_layer=True)
 
+    def classifier_dropout_prob(self):
+        """
+        The dropout before each internal classifier (in training only): the reference's, the hidden dropout (0 in the
+        released ALBERT configs; `AlbertForSequenceClassification` uses `classifier_dropout_prob` instead).
+        """
+        return self.config.hidden_dropout_prob
+
     def embed(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
         """The input of layer 1: `(batch_size, seq_len, hidden_size)`, after ALBERT's embedding projection."""
         embeddings = self.embeddings(
@@ -256,6 +263,7 @@ class AlbertModelWithPabee(AlbertModel):
         )
         return self.encoder.embedding_hidden_mapping_in(embeddings)
 
+    # Copied from pabee.modeling_pabee_bert.BertModelWithPabee.layer_attention_mask
     def layer_attention_mask(self, hidden_states, attention_mask):
         """The mask the layers take (its form depends on the attention implementation) from a 0/1 padding mask."""
         return create_bidirectional_mask(
@@ -267,6 +275,7 @@ class AlbertModelWithPabee(AlbertModel):
         group_index = int(index / (self.config.num_hidden_layers / self.config.num_hidden_groups))
         return self.encoder.albert_layer_groups[group_index](hidden_states, layer_attention_mask)
 
+    # Copied from pabee.modeling_pabee_bert.BertModelWithPabee.pooling_weights
     def pooling_weights(self, hidden_states, attention_mask):
         """
         What `pool` needs besides a layer's hidden states, made once for a batch rather than at every layer: for
@@ -329,7 +338,7 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
         self.num_labels = config.num_labels
 
         self.albert = AlbertModelWithPabee(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(self.albert.classifier_dropout_prob())
         self.classifiers = nn.ModuleList(
             [nn.Linear(config.hidden_size, config.num_labels) for _ in range(config.num_hidden_layers)]
         )

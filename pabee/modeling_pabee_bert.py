@@ -231,6 +231,10 @@ class BertModelWithPabee(BertModel):
     def __init__(self, config):
         super().__init__(config, add_pooling_layer=True)
 
+    def classifier_dropout_prob(self):
+        """The dropout before each internal classifier (in training only): the reference's, the hidden dropout."""
+        return self.config.hidden_dropout_prob
+
     def embed(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
         """The input of layer 1: `(batch_size, seq_len, hidden_size)`."""
         return self.embeddings(
@@ -308,7 +312,7 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
         self.num_labels = config.num_labels
 
         self.bert = BertModelWithPabee(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(self.bert.classifier_dropout_prob())
         self.classifiers = nn.ModuleList(
             [nn.Linear(config.hidden_size, config.num_labels) for _ in range(config.num_hidden_layers)]
         )

@@ -5,7 +5,16 @@ import os
 
 import numpy as np
 
-from .evaluation import ExitSetting, add_wall_speedups, answers, layer_metrics, predict, simulate, summarize
+from .evaluation import (
+    ExitSetting,
+    add_wall_speedups,
+    answers,
+    layer_metrics,
+    precision,
+    predict,
+    simulate,
+    summarize,
+)
 from .glue import main_metric_name, submission_file_name, write_submission
 
 
@@ -45,7 +54,8 @@ def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=N
                                       f"{description} {setting.label}")
             entry = {"checkpoint": checkpoint_name, "step": step, "eval_set": eval_set, **setting.as_dict(),
                      "regression_threshold": threshold if args.task.is_regression else None,
-                     "batch_size": args.per_gpu_eval_batch_size, "num_layers": num_layers}
+                     "batch_size": args.per_gpu_eval_batch_size, "num_layers": num_layers,
+                     "precision": precision(accelerator)}
             entry.update(summarize(args.task, predictions, num_layers))
             if not args.sweep_from_one_pass:
                 # Agreement of the real run with the one-pass simulation: 1.0 up to floating-point ties.

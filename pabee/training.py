@@ -13,20 +13,25 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
-from .checkpoints import finish_checkpoint, read_trainer_state, start_checkpoint
+from .checkpoints import finish_checkpoint, partial_path, read_trainer_state, start_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
 def make_optimizer(args, model):
     """
-    AdamW with weight decay on every parameter except biases and LayerNorm weights; the internal classifiers'
-    learning rate is --classifier_lr_multiplier times the backbone's.
+    AdamW with weight decay on every parameter except biases and layer-norm weights; the internal classifiers'
+    learning rate is --classifier_lr_multiplier times the backbone's. Layer norms are found by type, not by name:
+    the families name them differently (BERT `LayerNorm`, DistilBERT `sa_layer_norm`, ALBERT `full_layer_layer_norm`).
     """
-    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+    norm_parameters = {
+        id(parameter) for module in model.modules() if isinstance(module, torch.nn.LayerNorm)
+        for parameter in module.parameters()
+    }
     groups = {}
     for name, parameter in model.named_parameters():
-        decay = 0.0 if any(part in name for part in no_decay) else args.weight_decay
+        no_decay = name.endswith("bias") or id(parameter) in norm_parameters
+        decay = 0.0 if no_decay else args.weight_decay
         learning_rate = args.learning_rate * (args.classifier_lr_multiplier if name.startswith("classifiers.") else 1)
         groups.setdefault((decay, learning_rate), []).append(parameter)
     return torch.optim.AdamW(
@@ -39,9 +44,9 @@ def make_optimizer(args, model):
 def save_checkpoint(args, accelerator, model, tokenizer, step, trainer_state):
     """Save a resumable checkpoint-`step`, atomically (see pabee.checkpoints)."""
     if accelerator.is_main_process:
-        path = start_checkpoint(args.output_dir, step)
+        start_checkpoint(args.output_dir, step)
     accelerator.wait_for_everyone()
-    path = os.path.join(args.output_dir, f".checkpoint-{step}.partial")
+    path = partial_path(args.output_dir, step)
     accelerator.save_state(path)  # model weights (safetensors), optimizer, scheduler, RNG states, scaler
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).config.save_pretrained(path)
@@ -56,7 +61,8 @@ def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, 
     """
     Fine-tune `model` on `train_dataset` (resuming from checkpoint folder `resume_from` if given). Every
     --logging_steps: loss and learning rate to `tb_writer`, then `on_log(unwrapped_model, step)` (evaluation during
-    training). Returns the unwrapped model and the number of optimiser steps done.
+    training). Returns the unwrapped model, without the mixed-precision wrapper of training (evaluation applies its
+    own, the same to every model), and the number of optimiser steps done.
     """
     # Lengths in multiples of 8 let float16 matrix products use tensor cores.
     pad_to_multiple_of = 8 if accelerator.mixed_precision == "fp16" else None
@@ -146,7 +152,7 @@ def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, 
             if global_step >= total_steps:
                 break
     progress.close()
-    return accelerator.unwrap_model(model), global_step
+    return accelerator.unwrap_model(model, keep_fp32_wrapper=False), global_step
 
 
 # What fixes the data a resumed run skips to find its place in the epoch, and the order it goes on in.

@@ -1,14 +1,19 @@
 """Small offline fixtures for end-to-end tests of run_glue_with_pabee.py.
 
-- `save_tiny_model(folder, model_type)`: a randomly initialised BERT or ALBERT (4 layers, hidden 32) and a WordPiece
-  tokenizer over a ~100-token vocabulary, saved with `save_pretrained` as a pretrained model would be.
+- `save_tiny_model(folder, model_type)`: a randomly initialised backbone of any family the script takes (4 layers,
+  hidden 32) and a tokenizer of the family's kind over the fixture's words (WordPiece for BERT, ALBERT, DistilBERT
+  and ELECTRA, byte-level BPE for RoBERTa, unigram for XLM-RoBERTa), saved with `save_pretrained` as a pretrained
+  model would be.
 - `write_glue_task(folder, task)`: train and dev files of SST-2, MRPC, STS-B or MNLI in the exact layout of the
   original GLUE release (headers, column order, label strings), made of the vocabulary's words. Each label goes with
-  a word in the sentence, so training has something to learn.
+  a word in the sentence, so training has something to learn. `write_test_split(folder, task)` adds the unlabelled
+  test files of SST-2, MRPC or MNLI.
+- `kill_at(monkeypatch, index)`: the process "killed" at a given rename or deletion of files.
 """
 
 import os
 import random
+import shutil
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -41,27 +46,60 @@ def write_vocab(path):
     return path
 
 
+ROBERTA_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0 to 3, as in RoBERTa's and XLM-R's vocabularies
+WORDS = POSITIVE + NEGATIVE + FILLER + PUNCTUATION
+MODEL_TYPES = ("bert", "albert", "roberta", "xlm-roberta", "distilbert", "electra")
+
+
+def make_tokenizer(model_type, folder):
+    """A tokenizer of `model_type`'s kind over the fixture's words, built offline."""
+    from transformers import BertTokenizerFast, DistilBertTokenizer, RobertaTokenizer, XLMRobertaTokenizer
+
+    if model_type == "roberta":  # byte-level BPE, trained here on the words
+        from tokenizers import ByteLevelBPETokenizer
+
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator([" ".join(WORDS)] * 2, vocab_size=600, min_frequency=1, show_progress=False,
+                                special_tokens=ROBERTA_SPECIAL_TOKENS + ["<mask>"])
+        bpe_folder = os.path.join(folder, "bpe")
+        os.makedirs(bpe_folder, exist_ok=True)
+        vocab_path, merges_path = bpe.save_model(bpe_folder)
+        return RobertaTokenizer(vocab=vocab_path, merges=merges_path)
+    if model_type == "xlm-roberta":  # sentencepiece-style unigram: one piece per word, characters as a fallback
+        pieces = [(token, 0.0) for token in ROBERTA_SPECIAL_TOKENS] + [("▁" + word, -1.0) for word in WORDS]
+        pieces += [("▁", -3.0)] + [(char, -5.0) for char in sorted(set("".join(WORDS)))] + [("<mask>", 0.0)]
+        return XLMRobertaTokenizer(vocab=pieces)
+    # WordPiece. transformers 5 takes the vocabulary as `vocab=` (a `vocab_file=` keyword is silently ignored).
+    write_vocab(os.path.join(folder, "vocab.txt"))
+    tokenizer_class = DistilBertTokenizer if model_type == "distilbert" else BertTokenizerFast
+    tokenizer = tokenizer_class(vocab={token: index for index, token in enumerate(VOCAB)}, do_lower_case=True)
+    assert len(tokenizer) == len(VOCAB)
+    return tokenizer
+
+
 def save_tiny_model(folder, model_type="bert", dropout=True):
-    """Save a tiny random BERT or ALBERT backbone and its tokenizer into `folder`; return the folder."""
+    """Save a tiny random backbone of `model_type` and its tokenizer into `folder`; return the folder."""
     import torch
-    from transformers import AlbertConfig, AlbertModel, BertConfig, BertModel, BertTokenizerFast
+    from transformers import AutoConfig, AutoModel
 
     os.makedirs(folder, exist_ok=True)
-    write_vocab(os.path.join(folder, "vocab.txt"))
-    # transformers 5 takes the vocabulary as `vocab=` (a `vocab_file=` keyword is silently ignored).
-    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(VOCAB)}, do_lower_case=True)
-    assert len(tokenizer) == len(VOCAB)
-    common = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=NUM_LAYERS, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=64)
-    if not dropout:
-        common.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
-    torch.manual_seed(0)
-    if model_type == "bert":
-        model = BertModel(BertConfig(**common))
-    elif model_type == "albert":
-        model = AlbertModel(AlbertConfig(embedding_size=16, pad_token_id=0, **common))
+    tokenizer = make_tokenizer(model_type, folder)
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=NUM_LAYERS, num_attention_heads=4,
+                  max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    dropouts = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    if model_type == "distilbert":  # its own names for the feed-forward size and the dropouts; no token types
+        common["hidden_dim"] = 37
+        dropouts = dict(dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0)
     else:
-        raise ValueError(model_type)
+        common["intermediate_size"] = 37
+    if model_type in ("albert", "electra"):
+        common["embedding_size"] = 16  # embeddings projected up to hidden_size
+    if model_type in ("roberta", "xlm-roberta"):  # as released: one token type; positions count from pad + 1
+        common.update(type_vocab_size=1, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if not dropout:
+        common.update(dropouts)
+    torch.manual_seed(0)
+    model = AutoModel.from_config(AutoConfig.for_model(model_type, **common))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
@@ -144,6 +182,7 @@ def _mnli(rng, n, dev, genre):
 
 
 TASK_FOLDERS = {"sst-2": "SST-2", "mrpc": "MRPC", "sts-b": "STS-B", "mnli": "MNLI"}
+NUM_TEST = 20
 TASK_EVAL_SETS = {"sst-2": ["dev"], "mrpc": ["dev"], "sts-b": ["dev"], "mnli": ["dev_matched", "dev_mismatched"]}
 TASK_METRICS = {"sst-2": {"acc"}, "mrpc": {"acc", "f1", "acc_and_f1"}, "sts-b": {"pearson", "spearmanr", "corr"},
                 "mnli": {"acc"}}
@@ -162,6 +201,29 @@ def write_glue_task(folder, task, num_train=NUM_TRAIN, num_dev=NUM_DEV, seed=0):
     _write_tsv(os.path.join(folder, "train.tsv"), make_rows(rng, num_train))
     _write_tsv(os.path.join(folder, "dev.tsv"), make_rows(rng, num_dev))
     return str(folder)
+
+
+def write_test_split(folder, task, num_test=NUM_TEST):
+    """GLUE test files: SST-2's `index sentence`; MRPC's `index #1 ID #2 ID #1 String #2 String`; MNLI's two
+    10-column files without labels."""
+    rng = random.Random(task)
+    if task == "sst-2":
+        rows = [["index", "sentence"]] + [[str(i), _sentence(rng)] for i in range(num_test)]
+        files = {"test.tsv": rows}
+    elif task == "mrpc":
+        rows = [["index"] + MRPC_HEADER[1:]]
+        rows += [[str(i), str(1000 + i), str(2000 + i), _sentence(rng), _sentence(rng)] for i in range(num_test)]
+        files = {"test.tsv": rows}
+    else:
+        header = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+                  "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+        files = {
+            name: [header] + [[str(i), "1", "1n", "fiction", "(", "(", "(", "(", _sentence(rng), _sentence(rng)]
+                              for i in range(num_test)]
+            for name in ("test_matched.tsv", "test_mismatched.tsv")
+        }
+    for name, rows in files.items():
+        _write_tsv(os.path.join(folder, name), rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -208,3 +270,32 @@ def run_main(argv):
     except SystemExit as exit:
         if exit.code not in (0, None):
             raise AssertionError(f"main() exited with {exit.code!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stopping a save part-way
+
+
+class Killed(Exception):
+    """Stands for the process being killed at this point."""
+
+
+def kill_at(monkeypatch, index):
+    """
+    Raise `Killed` instead of the `index`-th (from 0) call of os.replace or shutil.rmtree from now on: the renames
+    and deletions that make a save atomic. A deletion is cut short half-way: its first file is removed, then the kill.
+    """
+    count = 0
+    for module, name in ((os, "replace"), (shutil, "rmtree")):
+        real = getattr(module, name)
+
+        def operation(path, *args, _real=real, _name=name, **kwargs):
+            nonlocal count
+            count += 1
+            if count - 1 == index:
+                if _name == "rmtree" and os.path.isdir(path):
+                    os.remove(os.path.join(path, sorted(os.listdir(path))[0]))
+                raise Killed
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, operation)

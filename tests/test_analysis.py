@@ -14,11 +14,10 @@ import torch
 from transformers import AutoTokenizer
 
 import run_glue_with_pabee
-from fixtures_glue import NUM_LAYERS, _sentence, run_main, save_tiny_model, write_glue_task
+from fixtures_glue import NUM_LAYERS, NUM_TEST, run_main, save_tiny_model, write_glue_task, write_test_split
 from pabee import BertForSequenceClassificationWithPabee
 from pabee.glue import get_task, read_glue_split
 
-NUM_TEST = 20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -31,27 +30,6 @@ def offline_and_single_threaded():
         monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
         yield
     torch.set_num_threads(threads)
-
-
-def write_test_split(folder, task):
-    """GLUE test files: SST-2's `index sentence`; MNLI's two 10-column files without labels."""
-    import random
-
-    rng = random.Random(task)
-    if task == "sst-2":
-        rows = [["index", "sentence"]] + [[str(i), _sentence(rng)] for i in range(NUM_TEST)]
-        files = {"test.tsv": rows}
-    else:
-        header = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-                  "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
-        files = {
-            name: [header] + [[str(i), "1", "1n", "fiction", "(", "(", "(", "(", _sentence(rng), _sentence(rng)]
-                              for i in range(NUM_TEST)]
-            for name in ("test_matched.tsv", "test_mismatched.tsv")
-        }
-    for name, rows in files.items():
-        with open(os.path.join(folder, name), "w") as file:
-            file.write("".join("\t".join(row) + "\n" for row in rows))
 
 
 @pytest.fixture(scope="module")

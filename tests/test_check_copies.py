@@ -13,6 +13,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALBERT_FILE = REPO_ROOT / "pabee" / "modeling_pabee_albert.py"
 BERT_FILE = REPO_ROOT / "pabee" / "modeling_pabee_bert.py"
+FAMILY_FILES = sorted(set((REPO_ROOT / "pabee").glob("modeling_pabee_*.py")) - {BERT_FILE})
 CLASS = "BertForSequenceClassificationWithPabee"
 
 
@@ -34,17 +35,22 @@ def test_repository_copies_are_in_sync(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_albert_file_marks_its_copies():
-    """The check has something to check: the shared early-exit code in the ALBERT file is marked as copied."""
-    markers = [check_copies.MARKER.match(line) for line in ALBERT_FILE.read_text().splitlines()]
+@pytest.mark.parametrize("path", FAMILY_FILES, ids=lambda path: path.name)
+def test_family_files_mark_their_copies(path):
+    """The check has something to check: the shared early-exit code in each family's file is marked as copied."""
+    markers = [check_copies.MARKER.match(line) for line in path.read_text().splitlines()]
     names = {m["name"]: m["renames"] for m in markers if m}
-    assert names.get("BertForSequenceClassificationWithPabee") == "Bert->Albert"
+    family = path.stem.removeprefix("modeling_pabee_")
+    assert (names.get(CLASS) or "").startswith("Bert->"), names.get(CLASS)
     # Every top-level name the two files share is marked, so none can drift unseen (the classifier, named after its
     # backbone in each file, is marked above; the backbone wrappers differ on purpose).
-    shared = top_level_names(BERT_FILE) & top_level_names(ALBERT_FILE)
+    shared = top_level_names(BERT_FILE) & top_level_names(path)
     own = {"__all__"}
     assert shared - own <= set(names), shared - own - set(names)
-    assert {"update_patience_counters", "patience_exit_layers", "weighted_layer_loss", "check_pabee_settings"} <= shared
+    assert {"update_patience_counters", "patience_exit_layers", "weighted_layer_loss", "check_pabee_settings"} <= \
+        shared
+    # the backbone's methods that need nothing of the family's own are copies too
+    assert "BertModelWithPabee.pooling_weights" in names, family
 
 
 def top_level_names(path):
@@ -114,3 +120,38 @@ def test_marker_naming_a_missing_original_is_reported(tmp_path):
     copy = copy_with_change(tmp_path, old, "# Copied from pabee.modeling_pabee_bert.update_patience_counterz\n")
     problems = check_copies.check_file(copy)
     assert len(problems) == 1 and "update_patience_counterz not found" in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    "renames, expected",
+    [
+        ("Bert->Albert", "ALBERT Albert albert AlbertModel"),
+        # a case written out wins over the one derived from another renaming
+        ("Bert->Roberta, BERT->RoBERTa", "RoBERTa Roberta roberta RobertaModel"),
+        ("Bert->XLMRoberta, bert->roberta, BERT->XLM-RoBERTa", "XLM-RoBERTa XLMRoberta roberta XLMRobertaModel"),
+        ("Bert->DistilBert, BERT->DistilBERT", "DistilBERT DistilBert distilbert DistilBertModel"),
+    ],
+)
+def test_renames_in_each_case(renames, expected):
+    assert check_copies.apply_renames("BERT Bert bert BertModel", renames) == expected
+
+
+def test_changed_method_copy_is_reported_and_fixed(tmp_path):
+    """A method of a class can be a copy too: the marker stands above it, indented like it."""
+    original = REPO_ROOT / "pabee" / "modeling_pabee_roberta.py"
+    text = original.read_text()
+    old = "            return None\n        return mean_pooling_weights(hidden_states, attention_mask)\n"
+    assert text.count(old) == 1
+    copy = tmp_path / original.name
+    copy.write_text(text.replace(old, old.replace("return None", "return 0")))
+    problems = check_copies.check_file(copy)
+    assert len(problems) == 1 and "differs from pabee.modeling_pabee_bert.BertModelWithPabee.pooling_weights" in \
+        problems[0], problems
+    assert check_copies.check_file(copy, fix=True) == problems
+    assert copy.read_text() == text
+
+
+def test_long_marker_may_end_in_noqa():
+    line = f"# Copied from pabee.modeling_pabee_bert.{CLASS} with Bert->X, BERT->Y  # noqa: E501"
+    match = check_copies.MARKER.match(line)
+    assert match["name"] == CLASS and match["renames"] == "Bert->X, BERT->Y"

@@ -227,6 +227,17 @@ def test_missing_file_names_path_and_layout(tmp_path):
     assert "train.tsv" in message and "dev_matched.tsv" in message
 
 
+@pytest.mark.parametrize("task_name, lines, note", [
+    ("sst-2", [["sentence", "label"]], " (only a header line)"),
+    ("cola", [], ""),  # CoLA has no header: an empty file
+])
+def test_file_without_examples_names_the_file(tmp_path, task_name, lines, note):
+    path = write_tsv(tmp_path / "dev.tsv", lines + [[]])  # a blank line is no example either
+    with pytest.raises(GlueFormatError) as info:
+        read_glue_split(tmp_path, get_task(task_name), "dev")
+    assert str(info.value) == f"{path} holds no examples{note}"
+
+
 def test_unknown_split(tmp_path):
     with pytest.raises(ValueError, match="'dev_matched'.*expected one of \\['train', 'dev', 'test'\\]"):
         read_glue_split(tmp_path, get_task("rte"), "dev_matched")
@@ -359,6 +370,17 @@ def test_load_example_file_errors(tmp_path):
     path.write_text('{"sentence": "a"}\n{oops\n', encoding="utf-8")
     with pytest.raises(ValueError, match="line 2: not valid JSON"):
         load_example_file(path, "train")
+
+
+def test_load_example_file_with_required_labels(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("sentence,label\nfine,1\ndull,\nbad,0\n", encoding="utf-8")
+    assert [e.label for e in load_example_file(path, "train")] == ["1", None, "0"]  # labels optional by default
+    with pytest.raises(ValueError, match=r"train.csv, row 2: no value in column 'label'"):
+        load_example_file(path, "train", require_labels=True)
+    path.write_text("sentence\nfine\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train.csv: no 'label' column"):
+        load_example_file(path, "train", require_labels=True)
 
 
 # The hub loader, with datasets.load_dataset replaced by an in-memory dataset.

@@ -1,4 +1,4 @@
-"""Tests of the PABEE model classes on tiny random BERT and ALBERT configs (CPU, offline, seeded).
+"""Tests of the PABEE model classes on tiny random configs of every family (CPU, offline, seeded).
 
 Most tests check that two code paths agree (x-transformers style): batched early exit against one example at a time,
 patience 0 against the plain transformers backbone, our answers against an independent re-implementation of the
@@ -25,13 +25,32 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertModel,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    DistilBertModel,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    ElectraModel,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+    RobertaModel,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
+    XLMRobertaModel,
 )
 
-from pabee.modeling_pabee_albert import AlbertForSequenceClassificationWithPabee
-from pabee.modeling_pabee_bert import BertForSequenceClassificationWithPabee, patience_exit_layers
+from pabee import (
+    AlbertForSequenceClassificationWithPabee,
+    BertForSequenceClassificationWithPabee,
+    DistilBertForSequenceClassificationWithPabee,
+    ElectraForSequenceClassificationWithPabee,
+    RobertaForSequenceClassificationWithPabee,
+    XLMRobertaForSequenceClassificationWithPabee,
+)
+from pabee.modeling_pabee_bert import patience_exit_layers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODELING_FILES = [REPO_ROOT / "pabee" / "modeling_pabee_bert.py", REPO_ROOT / "pabee" / "modeling_pabee_albert.py"]
+MODELING_FILES = sorted((REPO_ROOT / "pabee").glob("modeling_pabee_*.py"))
 
 VOCAB_SIZE = 99
 COMMON = dict(
@@ -49,12 +68,32 @@ VARIANTS = {
     "albert": ("albert", dict(embedding_size=16, num_hidden_layers=4)),
     "albert_groups2": ("albert", dict(embedding_size=16, num_hidden_layers=5, num_hidden_groups=2)),
     "albert_inner2": ("albert", dict(embedding_size=16, num_hidden_layers=4, inner_group_num=2)),
+    # RoBERTa and XLM-RoBERTa as released: one token type, padding id 1 (positions count from 2, skipping padding)
+    "roberta": ("roberta", dict(num_hidden_layers=5, type_vocab_size=1, pad_token_id=1)),
+    "xlm_roberta": ("xlm-roberta", dict(num_hidden_layers=4, type_vocab_size=1, pad_token_id=1)),
+    "distilbert": ("distilbert", dict(num_hidden_layers=5)),
+    "electra": ("electra", dict(embedding_size=16, num_hidden_layers=4)),  # embeddings projected up to hidden_size
+    "electra_unprojected": ("electra", dict(embedding_size=32, num_hidden_layers=3)),  # no projection
 }
-MAIN_VARIANTS = ["bert", "albert", "albert_groups2", "albert_inner2"]
+NEW_FAMILY_VARIANTS = ["roberta", "xlm_roberta", "distilbert", "electra"]
+MAIN_VARIANTS = ["bert", "albert", "albert_groups2", "albert_inner2"] + NEW_FAMILY_VARIANTS
+ONE_PER_FAMILY = ["bert", "albert"] + NEW_FAMILY_VARIANTS
 FAMILIES = {
     "bert": (BertConfig, BertModel, BertForSequenceClassification, BertForSequenceClassificationWithPabee),
     "albert": (AlbertConfig, AlbertModel, AlbertForSequenceClassification, AlbertForSequenceClassificationWithPabee),
+    "roberta": (RobertaConfig, RobertaModel, RobertaForSequenceClassification,
+                RobertaForSequenceClassificationWithPabee),
+    "xlm-roberta": (XLMRobertaConfig, XLMRobertaModel, XLMRobertaForSequenceClassification,
+                    XLMRobertaForSequenceClassificationWithPabee),
+    "distilbert": (DistilBertConfig, DistilBertModel, DistilBertForSequenceClassification,
+                   DistilBertForSequenceClassificationWithPabee),
+    "electra": (ElectraConfig, ElectraModel, ElectraForSequenceClassification,
+                ElectraForSequenceClassificationWithPabee),
 }
+# Families pre-trained without a pooler: the PABEE backbone adds one (dense + this activation over the first token).
+ADDED_POOLER_ACTIVATIONS = {"distilbert": torch.relu, "electra": nn.functional.gelu}
+# Families whose plain transformers backbone takes add_pooling_layer
+HAS_POOLING_LAYER_ARGUMENT = {"bert", "albert", "roberta", "xlm-roberta"}
 NUM_LABELS = {"classification": 3, "regression": 1}
 LENGTHS = [12, 3, 7, 1, 9, 5, 11, 2]
 # Thresholds that give a spread of exit layers with the classifiers of `spread_classifiers` (layer-to-layer changes of
@@ -74,6 +113,9 @@ def one_cpu_thread():
 def make_config(variant, num_labels, **extra):
     family, variant_extra = VARIANTS[variant]
     kwargs = {**COMMON, **variant_extra, **extra, "num_labels": num_labels}
+    if family == "distilbert":  # its own name for the feed-forward size (the others map through attribute_map)
+        kwargs["hidden_dim"] = kwargs.pop("intermediate_size")
+        del kwargs["type_vocab_size"]  # no token types
     attn_implementation = kwargs.pop("attn_implementation", None)
     config = FAMILIES[family][0](**kwargs)
     if attn_implementation is not None:
@@ -100,7 +142,7 @@ def spread_classifiers(model, seed=0):
     generator = torch.Generator().manual_seed(seed)
     num_labels, hidden_size = model.classifiers[0].weight.shape
     shared = torch.randn(num_labels, hidden_size, generator=generator)
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     pooled = plain_pooled(model, input_ids, attention_mask, token_type_ids)  # (batch, L, hidden)
     for i, classifier in enumerate(model.classifiers):
         weight = shared + 0.7 * torch.randn(num_labels, hidden_size, generator=generator)
@@ -109,21 +151,45 @@ def spread_classifiers(model, seed=0):
 
 
 def plain_backbone(model):
-    """The plain transformers BertModel / AlbertModel holding the same weights as `model`'s backbone."""
-    backbone_class = FAMILIES[model.config.model_type][1]
-    backbone = backbone_class(copy.deepcopy(model.config), add_pooling_layer=True)
-    backbone.load_state_dict(model.base_model.state_dict())
+    """The plain transformers backbone (BertModel, RobertaModel, ...) holding the same weights as `model`'s."""
+    family = model.config.model_type
+    backbone_class = FAMILIES[family][1]
+    if family in HAS_POOLING_LAYER_ARGUMENT:
+        backbone = backbone_class(copy.deepcopy(model.config), add_pooling_layer=True)
+    else:
+        backbone = backbone_class(copy.deepcopy(model.config))
+    missing, unexpected = backbone.load_state_dict(model.base_model.state_dict(), strict=False)
+    pooler_keys = {"pooler.dense.weight", "pooler.dense.bias"}
+    # RoBERTa's "mean" models have no pooler; DistilBERT and ELECTRA have one only with "pooler", of their own.
+    assert set(missing) <= (pooler_keys if family in ("roberta", "xlm-roberta") else set())
+    assert set(unexpected) == (pooler_keys if family in ADDED_POOLER_ACTIVATIONS and model.base_model.pooler
+                               else set())
     return backbone.eval()
 
 
-def plain_pool(backbone, hidden_states, attention_mask, exit_pooling):
-    """The pooled output of a layer, from the plain backbone's own pooler modules. (batch, hidden)"""
+def plain_pool(model, backbone, hidden_states, attention_mask, exit_pooling):
+    """
+    The pooled output of a layer, from the plain backbone's own pooler modules, or for a family without one, the
+    added pooler's weights applied by hand. (batch, hidden)
+    """
     if exit_pooling == "mean":
         weights = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
         return (hidden_states * weights).sum(1) / weights.sum(1)
-    if isinstance(backbone, BertModel):
-        return backbone.pooler(hidden_states)  # dense + tanh over token 0
-    return backbone.pooler_activation(backbone.pooler(hidden_states[:, 0]))
+    family = model.config.model_type
+    if family in ADDED_POOLER_ACTIVATIONS:
+        dense = model.base_model.pooler.dense
+        return ADDED_POOLER_ACTIVATIONS[family](hidden_states[:, 0] @ dense.weight.T + dense.bias)
+    if family == "albert":
+        return backbone.pooler_activation(backbone.pooler(hidden_states[:, 0]))
+    return backbone.pooler(hidden_states)  # BERT, RoBERTa: dense + tanh over token 0
+
+
+def plain_inputs(input_ids, attention_mask=None, token_type_ids=None):
+    """Keyword arguments for a plain backbone: no token_type_ids where there are none (DistilBERT takes none)."""
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask)
+    if token_type_ids is not None:
+        inputs["token_type_ids"] = token_type_ids
+    return inputs
 
 
 def plain_pooled(model, input_ids, attention_mask=None, token_type_ids=None):
@@ -134,16 +200,14 @@ def plain_pooled(model, input_ids, attention_mask=None, token_type_ids=None):
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     backbone = plain_backbone(model)
-    out = backbone(
-        input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True
-    )
+    out = backbone(**plain_inputs(input_ids, attention_mask, token_type_ids), output_hidden_states=True)
     num_layers = model.config.num_hidden_layers
     # ALBERT records the output of each inner layer: a layer (one pass through a group) is inner_group_num of them.
     per_layer = getattr(model.config, "inner_group_num", 1)
     assert len(out.hidden_states) == 1 + num_layers * per_layer
     assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
     layer_hidden_states = [out.hidden_states[per_layer * (i + 1)] for i in range(num_layers)]
-    pooled = [plain_pool(backbone, h, attention_mask, model.config.exit_pooling) for h in layer_hidden_states]
+    pooled = [plain_pool(model, backbone, h, attention_mask, model.config.exit_pooling) for h in layer_hidden_states]
     return torch.stack(pooled, dim=1)
 
 
@@ -177,8 +241,12 @@ def reference_patience_rule(layer_logits, patience, regression_threshold):
     return num_layers, previous
 
 
-def make_batch(lengths=LENGTHS, pad_to=None, seed=1):
-    """Right-padded random batch: input_ids, attention_mask, token_type_ids (second half of each example is type 1)."""
+def make_batch(lengths=LENGTHS, pad_to=None, seed=1, config=None):
+    """
+    Right-padded random batch: input_ids (padded with `config`'s padding id), attention_mask, token_type_ids (second
+    half of each example is type 1; None for a model without token types, as RoBERTa's or DistilBERT's tokenizer
+    gives).
+    """
     pad_to = pad_to or max(lengths)
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, VOCAB_SIZE, (len(lengths), max(lengths)), generator=generator)
@@ -187,7 +255,10 @@ def make_batch(lengths=LENGTHS, pad_to=None, seed=1):
     lengths_t = torch.tensor(lengths)[:, None]
     attention_mask = (positions < lengths_t).long()
     token_type_ids = ((positions >= (lengths_t + 1) // 2) & (attention_mask == 1)).long()
-    return input_ids * attention_mask, attention_mask, token_type_ids
+    if config is not None and getattr(config, "type_vocab_size", 0) < 2:
+        token_type_ids = None
+    pad_token_id = 0 if config is None or config.pad_token_id is None else config.pad_token_id
+    return torch.where(attention_mask == 1, input_ids, pad_token_id), attention_mask, token_type_ids
 
 
 def patience_values(num_layers):
@@ -208,7 +279,8 @@ def has_spread(exit_layers, num_layers):
 def example_inputs(input_ids, attention_mask, token_type_ids, b):
     """Example b alone, its padding removed, without an attention mask."""
     length = int(attention_mask[b].sum())
-    return dict(input_ids=input_ids[b : b + 1, :length], token_type_ids=token_type_ids[b : b + 1, :length])
+    types = None if token_type_ids is None else token_type_ids[b : b + 1, :length]
+    return dict(input_ids=input_ids[b : b + 1, :length], token_type_ids=types)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -218,14 +290,16 @@ def example_inputs(input_ids, attention_mask, token_type_ids, b):
 @pytest.mark.parametrize("task", ["classification", "regression"])
 @pytest.mark.parametrize(
     "variant, exit_pooling",
-    [(v, "pooler") for v in VARIANTS] + [("bert", "mean"), ("albert_groups2", "mean"), ("albert_inner2", "mean")],
+    [(v, "pooler") for v in VARIANTS]
+    + [(v, "mean") for v in ["bert", "albert_groups2", "albert_inner2", "xlm_roberta", "distilbert", "electra"]],
 )
 @torch.no_grad()
 def test_batched_early_exit_equals_one_example_at_a_time(variant, exit_pooling, task):
     model = make_model(variant, NUM_LABELS[task], exit_pooling=exit_pooling)
     num_layers = model.config.num_hidden_layers
-    input_ids, attention_mask, token_type_ids = make_batch()
-    long_ids, long_mask, long_types = make_batch(pad_to=max(LENGTHS) + 7)  # same examples, more padding
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
+    # the same examples with more padding
+    long_ids, long_mask, long_types = make_batch(pad_to=max(LENGTHS) + 7, config=model.config)
     assert torch.equal(long_ids[:, : max(LENGTHS)], input_ids)
 
     spread = False
@@ -256,10 +330,11 @@ def test_retired_examples_are_not_computed_further(variant, task):
     """Layer j (0-based) only runs the examples that exit after it, over the longest of their lengths."""
     model = make_model(variant, NUM_LABELS[task])
     num_layers = model.config.num_hidden_layers
-    input_ids, attention_mask, token_type_ids = make_batch(pad_to=max(LENGTHS) + 4)
+    input_ids, attention_mask, token_type_ids = make_batch(pad_to=max(LENGTHS) + 4, config=model.config)
     lengths = torch.tensor(LENGTHS)
     base = model.base_model
-    layers = base.encoder.layer if hasattr(base.encoder, "layer") else base.encoder.albert_layer_groups
+    encoder = base.transformer if hasattr(base, "transformer") else base.encoder  # DistilBERT: transformer
+    layers = encoder.layer if hasattr(encoder, "layer") else encoder.albert_layer_groups
     calls, classifier_calls = [], []
     # (batch, seq) of each layer's input, in call order (an ALBERT group is called once per layer it serves)
     record = lambda module, args: calls.append(tuple(args[0].shape[:2]))  # noqa: E731
@@ -302,7 +377,7 @@ def test_retired_examples_are_not_computed_further(variant, task):
 @torch.no_grad()
 def test_batch_without_attention_mask(variant):
     model = make_model(variant, 3)
-    input_ids, _, token_type_ids = make_batch(lengths=[6] * 5)
+    input_ids, _, token_type_ids = make_batch(lengths=[6] * 5, config=model.config)
     for patience in patience_values(model.config.num_hidden_layers):
         batched = model(input_ids, token_type_ids=token_type_ids, patience=patience)
         ones = torch.ones_like(input_ids)
@@ -321,20 +396,21 @@ def test_batch_without_attention_mask(variant):
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
 @pytest.mark.parametrize(
-    "variant, exit_pooling", [(v, "pooler") for v in MAIN_VARIANTS] + [("bert", "mean"), ("albert", "mean")]
+    "variant, exit_pooling",
+    [(v, "pooler") for v in MAIN_VARIANTS] + [(v, "mean") for v in ["bert", "albert", "xlm_roberta", "distilbert"]],
 )
 @torch.no_grad()
 def test_patience_zero_equals_plain_backbone_and_last_classifier(variant, exit_pooling, task):
     model = make_model(variant, NUM_LABELS[task], exit_pooling=exit_pooling)
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=0)
 
-    backbone_out = plain_backbone(model)(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-    if exit_pooling == "pooler":
+    backbone = plain_backbone(model)
+    backbone_out = backbone(**plain_inputs(input_ids, attention_mask, token_type_ids))
+    if exit_pooling == "pooler" and model.config.model_type not in ADDED_POOLER_ACTIVATIONS:
         pooled = backbone_out.pooler_output
     else:
-        weights = attention_mask.unsqueeze(-1).float()
-        pooled = (backbone_out.last_hidden_state * weights).sum(1) / weights.sum(1)
+        pooled = plain_pool(model, backbone, backbone_out.last_hidden_state, attention_mask, exit_pooling)
     expected = model.classifiers[-1](pooled)
     torch.testing.assert_close(out.logits, expected, rtol=0, atol=1e-5)
     assert out.exit_layers.tolist() == [model.config.num_hidden_layers] * len(LENGTHS)
@@ -345,14 +421,15 @@ def test_patience_zero_equals_plain_backbone_and_last_classifier(variant, exit_p
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
 @pytest.mark.parametrize(
-    "variant, exit_pooling", [(v, "pooler") for v in VARIANTS] + [("bert", "mean"), ("albert_groups2", "mean")]
+    "variant, exit_pooling",
+    [(v, "pooler") for v in VARIANTS] + [(v, "mean") for v in ["bert", "albert_groups2", "electra"]],
 )
 @torch.no_grad()
 def test_same_answers_as_reference_rule_on_plain_backbone(variant, exit_pooling, task):
     """Per-layer logits from the plain backbone, the patience rule applied one example at a time, vs our batch."""
     model = make_model(variant, NUM_LABELS[task], exit_pooling=exit_pooling)
     num_layers = model.config.num_hidden_layers
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     reference_layer_logits = [
         plain_layer_logits(model, **example_inputs(input_ids, attention_mask, token_type_ids, b))[0]
         for b in range(len(LENGTHS))
@@ -402,7 +479,7 @@ def test_forced_agreement_exits_at_patience_plus_one(variant, task):
     num_layers = model.config.num_hidden_layers
     constant = [0.3, -0.1, 0.2] if task == "classification" else [0.7]
     set_classifier_outputs(model, [constant] * num_layers)
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     for patience in range(num_layers + 4):
         out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=patience)
         expected = patience + 1 if 1 <= patience < num_layers else num_layers
@@ -448,7 +525,7 @@ def test_patience_counter_on_hand_made_predictions(variant, pattern, patience, t
     }[pattern]
     model = make_model(variant, len(biases[0]), num_hidden_layers=6)
     set_classifier_outputs(model, biases)
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     out = model(
         input_ids,
         attention_mask=attention_mask,
@@ -472,7 +549,7 @@ def test_patience_counter_on_hand_made_predictions(variant, pattern, patience, t
 def test_output_all_layer_logits(variant, task):
     model = make_model(variant, NUM_LABELS[task])
     num_layers = model.config.num_hidden_layers
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
     spread = False
     for patience, threshold in settings(task, num_layers):
@@ -496,8 +573,11 @@ def test_output_all_layer_logits(variant, task):
 
 
 def no_dropout(variant):
+    family = VARIANTS[variant][0]
+    if family == "distilbert":
+        return dict(dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0)
     extra = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    if VARIANTS[variant][0] == "albert":
+    if family == "albert":
         extra["classifier_dropout_prob"] = 0.0
     return extra
 
@@ -514,7 +594,7 @@ def make_labels(task, batch_size, seed=2):
 def test_training_loss_is_weighted_average_and_reaches_every_parameter(variant, task):
     model = make_model(variant, NUM_LABELS[task], **no_dropout(variant)).train()
     num_layers = model.config.num_hidden_layers
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     labels = make_labels(task, len(LENGTHS))
     out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels, patience=1)
 
@@ -545,7 +625,7 @@ def test_dropout_sits_before_the_classifiers_in_training_only():
     model = make_model("bert", 3, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.0)
     seen = []
     hook = model.classifiers[-1].register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
-    input_ids, attention_mask, _ = make_batch()
+    input_ids, attention_mask, _ = make_batch(config=model.config)
     with torch.no_grad():
         model.train()(input_ids, attention_mask=attention_mask)
         model.eval()(input_ids, attention_mask=attention_mask, patience=0)
@@ -561,7 +641,7 @@ def test_dropout_sits_before_the_classifiers_in_training_only():
 def test_eval_loss_is_loss_of_answered_logits(variant, task):
     model = make_model(variant, NUM_LABELS[task])
     num_layers = model.config.num_hidden_layers
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     labels = make_labels(task, len(LENGTHS))
     threshold = 0.1
     patience = 1
@@ -611,7 +691,7 @@ def test_save_and_load_keeps_weights_and_pabee_settings(variant, tmp_path):
     assert state.keys() == loaded_state.keys()
     for key in state:
         assert torch.equal(state[key], loaded_state[key]), key
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
     before, after = model(**inputs), loaded(**inputs)
     assert torch.equal(before.exit_layers, after.exit_layers)
@@ -620,20 +700,32 @@ def test_save_and_load_keeps_weights_and_pabee_settings(variant, tmp_path):
     assert has_spread(after.exit_layers, model.config.num_hidden_layers)  # the saved patience is in use
 
 
-@pytest.mark.parametrize("variant", ["bert", "albert", "albert_groups2"])
+# The prefix of the backbone's weights, as in transformers' own classes of each family
+PREFIXES = {"bert": "bert", "albert": "albert", "roberta": "roberta", "xlm-roberta": "roberta",
+            "distilbert": "distilbert", "electra": "electra"}
+
+
+def added_pooler_keys(family):
+    """The weights the PABEE backbone adds to a family pre-trained without a pooler."""
+    if family not in ADDED_POOLER_ACTIVATIONS:
+        return set()
+    return {f"{PREFIXES[family]}.pooler.dense.weight", f"{PREFIXES[family]}.pooler.dense.bias"}
+
+
+@pytest.mark.parametrize("variant", ["bert", "albert", "albert_groups2"] + NEW_FAMILY_VARIANTS)
 def test_state_dict_follows_reference_layout(variant, tmp_path):
     model = make_model(variant, 3)
-    family = VARIANTS[variant][0]
+    family, prefix = VARIANTS[variant][0], PREFIXES[VARIANTS[variant][0]]
     num_layers = model.config.num_hidden_layers
-    backbone_keys = {f"{family}.{k}" for k in FAMILIES[family][1](model.config, add_pooling_layer=True).state_dict()}
+    backbone_keys = {f"{prefix}.{k}" for k in plain_backbone(model).state_dict()} | added_pooler_keys(family)
     classifier_keys = {f"classifiers.{i}.{p}" for i in range(num_layers) for p in ("weight", "bias")}
     keys = set(model.state_dict())
-    assert {k.split(".")[0] for k in keys} == {family, "classifiers"}
+    assert {k.split(".")[0] for k in keys} == {prefix, "classifiers"}
     assert keys == backbone_keys | classifier_keys
     for i in range(num_layers):
         assert model.classifiers[i].weight.shape == (3, 32)
-    pooler = "bert.pooler.dense.weight" if family == "bert" else "albert.pooler.weight"
-    assert pooler in keys  # the backbone's own pooler, shared by every exit
+    pooler = f"{prefix}.pooler.weight" if family == "albert" else f"{prefix}.pooler.dense.weight"
+    assert pooler in keys  # one pooler, shared by every exit
     model.save_pretrained(tmp_path)
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         assert set(f.keys()) == keys
@@ -662,7 +754,7 @@ def test_checkpoint_in_the_reference_format_loads_and_answers_the_same(variant, 
     model, info = type(trained).from_pretrained(reference_dir, patience=2, output_loading_info=True)
     assert not info["missing_keys"]
     assert not info["unexpected_keys"]
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     ours = model.eval()(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
     for b in range(len(LENGTHS)):
         layer_logits = plain_layer_logits(trained, **example_inputs(input_ids, attention_mask, token_type_ids, b))[0]
@@ -676,10 +768,11 @@ def test_checkpoint_in_the_reference_format_loads_and_answers_the_same(variant, 
 
 
 @pytest.mark.parametrize("plain_class", ["for_sequence_classification", "model"])
-@pytest.mark.parametrize("variant", ["bert", "albert"])
+@pytest.mark.parametrize("variant", ONE_PER_FAMILY)
 @torch.no_grad()
 def test_from_pretrained_on_plain_checkpoint_loads_backbone_and_inits_classifiers(variant, plain_class, tmp_path):
     family = VARIANTS[variant][0]
+    prefix = PREFIXES[family]
     config_class, model_class, classification_class, pabee_class = FAMILIES[family]
     config = make_config(variant, 3)
     torch.manual_seed(3)
@@ -690,11 +783,19 @@ def test_from_pretrained_on_plain_checkpoint_loads_backbone_and_inits_classifier
     model, info = pabee_class.from_pretrained(tmp_path, output_loading_info=True)
     model.eval()
     num_layers = config.num_hidden_layers
-    assert set(info["missing_keys"]) == {f"classifiers.{i}.{p}" for i in range(num_layers) for p in ("weight", "bias")}
+    # New: the classifiers, and a pooler where the checkpoint has none: DistilBERT and ELECTRA never have one;
+    # RobertaForSequenceClassification has its own head instead (as the released RoBERTa checkpoints have no pooler).
+    new_keys = {f"classifiers.{i}.{p}" for i in range(num_layers) for p in ("weight", "bias")}
+    new_keys |= {f"{prefix}.{key}" for key in model.base_model.state_dict() if key not in plain_backbone_state}
+    expected_new_poolers = added_pooler_keys(family)
+    if family in ("roberta", "xlm-roberta") and plain_class == "for_sequence_classification":
+        expected_new_poolers = {f"{prefix}.pooler.dense.weight", f"{prefix}.pooler.dense.bias"}
+    assert new_keys - {k for k in new_keys if k.startswith("classifiers.")} == expected_new_poolers
+    assert set(info["missing_keys"]) == new_keys
     assert (model.config.patience, model.config.regression_threshold, model.config.exit_pooling) == (0, 0.1, "pooler")
     state = model.base_model.state_dict()
-    assert state.keys() == plain_backbone_state.keys()
-    for key in state:
+    assert set(plain_backbone_state) <= set(state)
+    for key in plain_backbone_state:
         assert torch.equal(state[key], plain_backbone_state[key]), key
     weights = torch.stack([c.weight for c in model.classifiers])
     assert torch.isfinite(weights).all() and weights.std() > 0
@@ -702,12 +803,15 @@ def test_from_pretrained_on_plain_checkpoint_loads_backbone_and_inits_classifier
     assert not torch.equal(model.classifiers[0].weight, model.classifiers[1].weight)
     for classifier in model.classifiers:
         assert torch.equal(classifier.bias, torch.zeros(3))
-    input_ids, attention_mask, token_type_ids = make_batch()
+    if expected_new_poolers:  # initialised like the classifiers
+        assert 0.005 < float(model.base_model.pooler.dense.weight.std()) < 0.1
+        assert torch.equal(model.base_model.pooler.dense.bias, torch.zeros(32))
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=2)
     assert torch.isfinite(out.logits).all()
 
 
-@pytest.mark.parametrize("variant", ["bert", "albert"])
+@pytest.mark.parametrize("variant", ONE_PER_FAMILY)
 def test_from_pretrained_on_plain_checkpoint_takes_pabee_settings(variant, tmp_path):
     """The usage in the modeling files' docstrings: from_pretrained("bert-base-uncased", num_labels=2, patience=3)."""
     _, model_class, _, pabee_class = FAMILIES[VARIANTS[variant][0]]
@@ -762,7 +866,7 @@ def test_bad_patience_raises(variant, patience):
     with pytest.raises(ValueError, match="patience must be an integer"):
         make_model(variant, 3, patience=patience)
     model = make_model(variant, 3)
-    input_ids, attention_mask, _ = make_batch()
+    input_ids, attention_mask, _ = make_batch(config=model.config)
     with pytest.raises(ValueError, match="patience must be an integer"):
         model(input_ids, attention_mask=attention_mask, patience=patience)
 
@@ -789,7 +893,7 @@ def test_bad_regression_threshold_raises(variant, threshold):
     with pytest.raises(ValueError, match="regression_threshold must be a number >= 0"):
         make_model(variant, 1, regression_threshold=threshold)
     model = make_model(variant, 1)
-    input_ids, attention_mask, _ = make_batch()
+    input_ids, attention_mask, _ = make_batch(config=model.config)
     with pytest.raises(ValueError, match="regression_threshold must be a number >= 0"):
         model(input_ids, attention_mask=attention_mask, patience=1, regression_threshold=threshold)
 
@@ -809,7 +913,7 @@ def test_unknown_exit_pooling_raises(variant):
         make_model(variant, 3, exit_pooling="max")
     model = make_model(variant, 3)
     model.config.exit_pooling = "cls"
-    input_ids, attention_mask, _ = make_batch()
+    input_ids, attention_mask, _ = make_batch(config=model.config)
     with pytest.raises(ValueError, match="exit_pooling"):
         model(input_ids, attention_mask=attention_mask)
 
@@ -857,7 +961,7 @@ def reference_threshold_rule(layer_logits, criterion, threshold):
 
 def criterion_thresholds(model, criterion):
     """Thresholds at quantiles of the batch's own per-layer entropies or confidences, so that exits spread out."""
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     layer_logits = plain_layer_logits(model, input_ids, attention_mask, token_type_ids)
     entropy, confidence = entropy_and_confidence(layer_logits)
     values = entropy if criterion == "entropy" else confidence
@@ -870,7 +974,7 @@ def criterion_thresholds(model, criterion):
 def test_threshold_criteria_batched_equal_one_at_a_time_and_the_rule_by_hand(variant, criterion):
     model = make_model(variant, 3)
     num_layers = model.config.num_hidden_layers
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     layer_logits = plain_layer_logits(model, input_ids, attention_mask, token_type_ids)
     spread = False
     for threshold in criterion_thresholds(model, criterion):
@@ -895,7 +999,7 @@ def test_threshold_criteria_batched_equal_one_at_a_time_and_the_rule_by_hand(var
 @torch.no_grad()
 def test_one_layer_model_answers_with_its_only_classifier(variant, criterion, threshold):
     model = make_model(variant, 3, num_hidden_layers=1)
-    input_ids, attention_mask, _ = make_batch()
+    input_ids, attention_mask, _ = make_batch(config=model.config)
     kwargs = dict(exit_criterion=criterion, exit_threshold=threshold, patience=1)
     real = model(input_ids, attention_mask=attention_mask, **kwargs)
     simulated = model(input_ids, attention_mask=attention_mask, output_all_layer_logits=True, **kwargs)
@@ -908,7 +1012,7 @@ def test_one_layer_model_answers_with_its_only_classifier(variant, criterion, th
 @torch.no_grad()
 def test_confidence_threshold_extremes(variant):
     model = make_model(variant, 3)
-    input_ids, attention_mask, _ = make_batch()
+    input_ids, attention_mask, _ = make_batch(config=model.config)
     # Any top-class probability is above 0: everyone answers at layer 1. None is above 1: everyone runs every layer.
     first = model(input_ids, attention_mask=attention_mask, exit_criterion="confidence", exit_threshold=0.0)
     assert first.exit_layers.tolist() == [1] * len(LENGTHS)
@@ -927,14 +1031,14 @@ def test_confidence_threshold_extremes(variant):
 )
 def test_bad_exit_criterion_settings_raise(settings, message):
     model = make_model("bert", 3)
-    input_ids, attention_mask, _ = make_batch()
+    input_ids, attention_mask, _ = make_batch(config=model.config)
     with pytest.raises(ValueError, match=message):
         model(input_ids, attention_mask=attention_mask, **settings)
 
 
 def test_regression_exits_by_patience_only():
     model = make_model("bert", 1)
-    input_ids, attention_mask, _ = make_batch()
+    input_ids, attention_mask, _ = make_batch(config=model.config)
     with pytest.raises(ValueError, match="regression"):
         model(input_ids, attention_mask=attention_mask, exit_criterion="entropy", exit_threshold=0.5)
     with pytest.raises(ValueError, match="regression"):
@@ -944,7 +1048,7 @@ def test_regression_exits_by_patience_only():
 @pytest.mark.parametrize("task", ["classification", "regression"])
 def test_uniform_layer_loss_weights(task):
     model = make_model("bert", NUM_LABELS[task], layer_loss_weights="uniform", **no_dropout("bert")).train()
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     labels = make_labels(task, len(LENGTHS))
     out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels)
     with torch.no_grad():
@@ -971,7 +1075,7 @@ def test_new_settings_survive_save_and_load(tmp_path):
 def test_threshold_criteria_are_strict(variant):
     model = make_model(variant, 3)
     num_layers = model.config.num_hidden_layers
-    input_ids, attention_mask, _ = make_batch()
+    input_ids, attention_mask, _ = make_batch(config=model.config)
     # Equal logits: top probability exactly 1/3 and entropy exactly log(3) at every layer, equal to the thresholds.
     set_classifier_outputs(model, [[0.0, 0.0, 0.0]] * num_layers)
     uniform = torch.full((3,), 1 / 3)
@@ -983,7 +1087,7 @@ def test_threshold_criteria_are_strict(variant):
 
 def test_last_layer_loss_weights_are_plain_fine_tuning():
     model = make_model("bert", 3, layer_loss_weights="last", **no_dropout("bert")).train()
-    input_ids, attention_mask, token_type_ids = make_batch()
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     labels = make_labels("classification", len(LENGTHS))
     out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels)
     with torch.no_grad():
@@ -994,3 +1098,47 @@ def test_last_layer_loss_weights_are_plain_fine_tuning():
     # Only the last classifier learns; the others get zero gradient.
     assert all(not classifier.weight.grad.any() for classifier in model.classifiers[:-1])
     assert model.classifiers[-1].weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What differs between the families
+
+
+@pytest.mark.parametrize("variant", NEW_FAMILY_VARIANTS)
+@torch.no_grad()
+def test_mean_pooling_models_have_no_pooler(variant, tmp_path):
+    """Where the pooler is not pretrained, a model whose classifiers do not read it does not carry it."""
+    family = VARIANTS[variant][0]
+    prefix = PREFIXES[family]
+    torch.manual_seed(3)
+    FAMILIES[family][1](make_config(variant, 3)).save_pretrained(tmp_path)
+    model, info = FAMILIES[family][3].from_pretrained(tmp_path, exit_pooling="mean", output_loading_info=True)
+    assert {key.split(".")[0] for key in info["missing_keys"]} == {"classifiers"}
+    assert not any(key.startswith(f"{prefix}.pooler.") for key in model.state_dict())
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
+    model.eval()(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=1)
+    model.config.exit_pooling = "pooler"
+    with pytest.raises(ValueError, match="without a pooler: load it again with exit_pooling='pooler'"):
+        model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+
+def test_distilbert_refuses_token_types():
+    model = make_model("distilbert", 3)
+    input_ids, attention_mask, _ = make_batch(config=model.config)
+    with pytest.raises(ValueError, match="DistilBERT has no token type embeddings"):
+        model(input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids))
+
+
+@pytest.mark.parametrize(
+    "variant, settings, expected",
+    [
+        ("bert", dict(hidden_dropout_prob=0.3, classifier_dropout=0.2), 0.3),  # the reference's choice
+        ("albert", dict(hidden_dropout_prob=0.3, classifier_dropout_prob=0.2), 0.3),
+        ("roberta", dict(hidden_dropout_prob=0.3, classifier_dropout=0.2), 0.2),  # RobertaClassificationHead's
+        ("roberta", dict(hidden_dropout_prob=0.3), 0.3),
+        ("electra", dict(hidden_dropout_prob=0.3, classifier_dropout=0.2), 0.2),  # ElectraClassificationHead's
+        ("distilbert", dict(dropout=0.3, seq_classif_dropout=0.2), 0.2),  # DistilBertForSequenceClassification's
+    ],
+)
+def test_classifier_dropout_is_the_familys_own(variant, settings, expected):
+    assert make_model(variant, 3, **settings).dropout.p == expected

@@ -1,5 +1,5 @@
 """End-to-end tests of run_glue_with_pabee.py: `main()` with an argv list, on GLUE folders in the original TSV layout
-and tiny random BERT / ALBERT models that the tests write themselves (offline, CPU, no download).
+and tiny random models of every family that the tests write themselves (offline, CPU, no download).
 
 Each task is trained once per session (`trained` fixture); tests that evaluate again work on a copy of its output.
 
@@ -19,20 +19,27 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoTokenizer, BertTokenizerFast, DataCollatorWithPadding
 
+import pabee.training
 import run_glue_with_pabee
 from fixtures_glue import (
+    MODEL_TYPES,
     NUM_DEV,
     NUM_LAYERS,
+    NUM_TEST,
     TASK_EVAL_SETS,
     TASK_FOLDERS,
     TASK_METRICS,
+    VOCAB,
+    Killed,
     changes,
+    kill_at,
     run_main,
     save_tiny_model,
     snapshot,
     write_glue_task,
+    write_test_split,
 )
 from pabee import AlbertForSequenceClassificationWithPabee, BertForSequenceClassificationWithPabee
 from pabee.evaluation import ExitSetting, predict
@@ -68,7 +75,7 @@ def offline_and_single_threaded():
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    paths = {model_type: save_tiny_model(root / model_type, model_type) for model_type in ("bert", "albert")}
+    paths = {model_type: save_tiny_model(root / model_type, model_type) for model_type in MODEL_TYPES}
     paths["bert-no-dropout"] = save_tiny_model(root / "bert-no-dropout", "bert", dropout=False)
     return paths
 
@@ -388,9 +395,28 @@ def test_eval_all_checkpoints(trained, glue, task, tmp_path):
 # 5. Resuming, and starting over
 
 
+def left_by_a_killed_run(output_dir, finished_dir, *names, **renamed):
+    """`output_dir` holding only copies of the folders `names` of `finished_dir`, and of the `renamed` ones (new name:
+    folder of `finished_dir`): what a run killed at some point leaves."""
+    output_dir.mkdir()
+    for name, source in {**{name: name for name in names}, **renamed}.items():
+        shutil.copytree(finished_dir / source, output_dir / name)
+    return output_dir
+
+
+def assert_same_weights(resumed_dir, uninterrupted_dir):
+    """The saved models hold the same weights (up to float32 noise): training resumed exactly."""
+    resumed = load_file(resumed_dir / "model.safetensors")
+    reference = load_file(uninterrupted_dir / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("model_name", [
     "bert-no-dropout",
     "bert",
+    "distilbert",  # with dropout of its own names, and no token types
 ])
 def test_resume_from_checkpoint_gives_the_uninterrupted_result(models, glue, tmp_path, caplog, model_name):
     def command(output_dir):
@@ -400,10 +426,7 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(models, glue, tmp
     uninterrupted = tmp_path / "uninterrupted"
     run_main(command(uninterrupted))
     # The run was "killed" after checkpoint-3: only checkpoint-3 (and the cached features) remain.
-    output_dir = tmp_path / "out"
-    output_dir.mkdir()
-    for name in ("checkpoint-3", "cached_features"):
-        shutil.copytree(uninterrupted / name, output_dir / name)
+    output_dir = left_by_a_killed_run(tmp_path / "out", uninterrupted, "checkpoint-3", "cached_features")
     checkpoint_3 = snapshot(output_dir / "checkpoint-3")
 
     with caplog.at_level(logging.INFO):
@@ -413,10 +436,48 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(models, glue, tmp
     assert snapshot(output_dir / "checkpoint-3") == checkpoint_3, "resuming rewrote the checkpoint it started from"
     assert json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
     # Same weights as the run that was not interrupted: optimizer, scheduler, data order (and dropout) all resumed.
-    resumed, reference = load_file(output_dir / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
-    assert resumed.keys() == reference.keys()
-    for name in reference:
-        torch.testing.assert_close(resumed[name], reference[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert_same_weights(output_dir, uninterrupted)
+
+
+@pytest.mark.parametrize("killed_before", [
+    1,  # the old checkpoint-6 being set aside
+    2,  # the new one taking its name: checkpoint-6 is only under the temporary names
+    3,  # the old one being deleted
+])
+def test_restart_after_a_kill_while_a_checkpoint_was_replaced(models, glue, tmp_path, monkeypatch, caplog,
+                                                              killed_before):
+    def command(output_dir, *extra):
+        return base_args(models["bert"], glue["sst-2"], "sst-2", output_dir, "--do_train", "--max_steps", "9",
+                         "--learning_rate", "1e-3", *extra)
+
+    uninterrupted = tmp_path / "uninterrupted"
+    run_main(command(uninterrupted))
+    # An earlier run left checkpoint-3 and checkpoint-6; this one resumes from checkpoint-3, so it saves step 6 over
+    # the one there, and is killed during that save (os.replace and shutil.rmtree counted from the trainer state's
+    # rename, see pabee.checkpoints.finish_checkpoint).
+    output_dir = left_by_a_killed_run(tmp_path / "out", uninterrupted, "checkpoint-3", "checkpoint-6",
+                                      "cached_features")
+    finish_checkpoint = pabee.training.finish_checkpoint
+
+    def killed_while_saving_step_6(output_dir, step, trainer_state):
+        if step == 6:
+            kill_at(monkeypatch, killed_before)
+        return finish_checkpoint(output_dir, step, trainer_state)
+
+    monkeypatch.setattr(pabee.training, "finish_checkpoint", killed_while_saving_step_6)
+    with pytest.raises(Killed):
+        run_glue_with_pabee.main([str(arg) for arg in command(output_dir, "--resume_from_checkpoint",
+                                                               output_dir / "checkpoint-3")])
+    monkeypatch.undo()
+
+    # The same command without --resume_from_checkpoint resumes from the newest checkpoint: checkpoint-6.
+    with caplog.at_level(logging.INFO):
+        run_main(command(output_dir))
+    assert any("Resuming from" in message and "checkpoint-6 (step 6" in message for message in caplog.messages)
+    # Every checkpoint under its own name, and no copy left under a temporary one.
+    assert sorted(name for name in os.listdir(output_dir) if "checkpoint-" in name) == [
+        "checkpoint-3", "checkpoint-6", "checkpoint-9"]
+    assert_same_weights(output_dir, uninterrupted)
 
 
 def test_longer_max_steps_continues_from_the_last_checkpoint(models, glue, tmp_path, caplog):
@@ -464,11 +525,8 @@ def test_run_killed_before_its_first_checkpoint_starts_again_with_the_same_comma
 
     run_main(command(tmp_path / "out"))
     # What a run killed while writing its first checkpoint leaves: caches, TensorBoard logs, a partial checkpoint.
-    output_dir = tmp_path / "killed"
-    output_dir.mkdir()
-    for name in ("cached_features", "runs"):
-        shutil.copytree(tmp_path / "out" / name, output_dir / name)
-    shutil.copytree(tmp_path / "out" / "checkpoint-3", output_dir / ".checkpoint-3.partial")
+    output_dir = left_by_a_killed_run(tmp_path / "killed", tmp_path / "out", "cached_features", "runs",
+                                      **{".checkpoint-3.partial": "checkpoint-3"})
     os.remove(output_dir / ".checkpoint-3.partial" / "trainer_state.json")
 
     with caplog.at_level(logging.INFO):
@@ -476,6 +534,24 @@ def test_run_killed_before_its_first_checkpoint_starts_again_with_the_same_comma
     assert not any("Resuming from" in message for message in caplog.messages)
     assert not (output_dir / ".checkpoint-3.partial").exists()
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "checkpoint-3").is_dir()
+
+
+def test_run_killed_while_naming_its_first_checkpoint_resumes_from_it(models, glue, tmp_path, caplog):
+    def command(output_dir):
+        return base_args(models["bert"], glue["sst-2"], "sst-2", output_dir, "--do_train", "--max_steps", "6",
+                         "--learning_rate", "1e-3")
+
+    uninterrupted = tmp_path / "uninterrupted"
+    run_main(command(uninterrupted))
+    # Killed after checkpoint-3 was complete, before it was renamed: the complete copy has its temporary name only.
+    output_dir = left_by_a_killed_run(tmp_path / "killed", uninterrupted, "cached_features", "runs",
+                                      **{".checkpoint-3.partial": "checkpoint-3"})
+
+    with caplog.at_level(logging.INFO):
+        run_main(command(output_dir))
+    assert any("Resuming from" in message and "checkpoint-3 (step 3" in message for message in caplog.messages)
+    assert sorted(name for name in os.listdir(output_dir) if "checkpoint-" in name) == ["checkpoint-3", "checkpoint-6"]
+    assert_same_weights(output_dir, uninterrupted)
 
 
 def test_gradient_accumulation_takes_every_epoch_whole(models, glue, tmp_path, caplog):
@@ -510,7 +586,54 @@ def test_overwrite_output_dir_starts_over(models, glue, trained, tmp_path, caplo
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 6. ALBERT, with the two commands of the reference README
+# 6. The other families; ALBERT, with the two commands of the reference README
+
+
+@pytest.mark.parametrize("model_type, give_model_type", [
+    ("roberta", True),
+    ("xlm-roberta", False),  # read from the config
+    ("distilbert", True),
+    ("electra", False),
+])
+def test_other_families_train_sweep_and_predict(models, glue, tmp_path, model_type, give_model_type):
+    """MRPC (sentence pairs, so token types would differ from 0) trained, swept over patience and predicted."""
+    data_dir = copy_task(glue, "mrpc", tmp_path)
+    write_test_split(data_dir, "mrpc")
+    output_dir = tmp_path / "out"
+    run_main(["--model_name_or_path", models[model_type], "--task_name", "MRPC", "--data_dir", data_dir,
+              "--output_dir", output_dir, "--do_train", "--do_eval", "--do_predict", "--max_steps", "10",
+              "--learning_rate", "3e-3", "--per_gpu_train_batch_size", "8", "--save_steps", "0",
+              "--patience", "0,1,2,3", "--per_gpu_eval_batch_size", "7", "--max_seq_length", "32", "--no_cuda",
+              *(["--model_type", model_type] if give_model_type else [])])
+
+    pabee_class = run_glue_with_pabee.MODEL_CLASSES[model_type]
+    model = pabee_class.from_pretrained(output_dir).eval()
+    assert model.config.model_type == model_type and model.config.num_labels == 2
+    prefix = {"xlm-roberta": "roberta"}.get(model_type, model_type)
+    assert {key.split(".")[0] for key in load_file(output_dir / "model.safetensors")} == {prefix, "classifiers"}
+    # Token types reach only the family that has them (ELECTRA); RoBERTa's and DistilBERT's features hold none.
+    caches = list((output_dir / "cached_features").glob("cached_mrpc_train_*"))
+    assert len(caches) == 1
+    has_token_types = "token_type_ids" in datasets.load_from_disk(caches[0]).column_names
+    assert has_token_types == (model_type == "electra")
+
+    # The sweep, with an early exit that does happen.
+    entries = by_key(read_runs(output_dir)[0]["entries"])
+    assert set(entries) == {("final", "dev", patience) for patience in range(4)}
+    assert entries[("final", "dev", 0)]["avg_exit_layer"] == NUM_LAYERS
+    assert min(entry["avg_exit_layer"] for entry in entries.values()) < NUM_LAYERS
+
+    # The predictions are those of early exit on each test example alone, tokenised as users would.
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    examples = read_glue_split(data_dir, get_task("mrpc"), "test")
+    for patience in (0, 2):
+        lines = (output_dir / "predictions" / f"patience_{patience}" / "MRPC.tsv").read_text().splitlines()
+        assert lines[0] == "index\tprediction" and len(lines) == 1 + NUM_TEST
+        with torch.no_grad():
+            for line, example in zip(lines[1:], examples):
+                inputs = tokenizer(example.text_a, example.text_b, return_tensors="pt")
+                answer = model(**inputs, patience=patience).logits.argmax(-1).item()
+                assert line.split("\t")[1] == model.config.id2label[answer]
 
 
 def test_albert_reference_commands(models, glue, tmp_path):
@@ -625,6 +748,52 @@ def _short_dev_row(task, file_name, line, row):
     return make
 
 
+def _model_without_tokenizer(m, g, t, o):
+    folder = shutil.copytree(m["bert"], t / "weights-only")
+    for name in os.listdir(folder):
+        if name not in ("config.json", "model.safetensors"):
+            os.remove(folder / name)
+    return _train(m, g, "sst-2", o, "--model_name_or_path", folder), [str(folder), "--tokenizer_name"]
+
+
+def _saved_model_without_tokenizer(m, g, t, o):
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (o / name).exists():
+            os.remove(o / name)
+    return eval_args(g, "sst-2", o), [str(o), "--tokenizer_name"]
+
+
+def _tokenizer_of_size(size):
+    """--tokenizer_name of a WordPiece tokenizer with `size` tokens, for a model of len(VOCAB) (98) tokens."""
+
+    def make(m, g, t, o):
+        folder = t / f"tokenizer-{size}"
+        tokens = (VOCAB + [f"word{index}" for index in range(size)])[:size]
+        BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)}).save_pretrained(folder)
+        words = [str(folder), f"{size} tokens", "--tokenizer_name"]
+        return _train(m, g, "sst-2", o, "--tokenizer_name", folder), words
+
+    return make
+
+
+def _empty_dev_file(m, g, t, o):
+    data_dir = copy_task(g, "sst-2", t)
+    (data_dir / "dev.tsv").write_text("sentence\tlabel\n")
+    return eval_args({"sst-2": data_dir}, "sst-2", o), [str(data_dir / "dev.tsv"), "no examples"]
+
+
+def _incomplete_resume_checkpoint(m, g, t, o):
+    os.remove(o / "checkpoint-3" / "trainer_state.json")
+    args = base_args(m["bert"], g["sst-2"], "sst-2", o, "--do_train", "--max_steps", "6", "--resume_from_checkpoint",
+                     o / "checkpoint-3")
+    return args, [str(o / "checkpoint-3"), "not a complete checkpoint"]
+
+
+def _no_train_epochs(epochs):
+    return "absent", lambda m, g, t, o: (
+        _train(m, g, "sst-2", o, "--max_steps", "-1", "--num_train_epochs", epochs), ["--num_train_epochs", epochs])
+
+
 # name -> (output folder before the run: "trained" (a copy of a trained SST-2 output; "trained:TASK" of TASK), "notes"
 # (a file of the user's), or "absent"; function of (models, glue, tmp_path, output_dir) returning the argv and the
 # words the error message must contain).
@@ -638,6 +807,13 @@ BAD_INPUTS = {
         _train(m, g, "sst-2", o, "--model_type", "gpt2"), ["model_type", "gpt2"])),
     "model_type not the model's": ("trained", lambda m, g, t, o: (
         _train(m, g, "sst-2", o, "--model_type", "albert"), ["albert", "bert"])),
+    "model_type of another new family": ("absent", lambda m, g, t, o: (
+        base_args(m["distilbert"], g["sst-2"], "sst-2", o, "--do_train", "--model_type", "electra"),
+        ["electra", "distilbert"])),
+    # RoBERTa numbers positions from pad_token_id + 1 = 2: 64 positions cover 62 tokens
+    "max_seq_length beyond RoBERTa's positions": ("absent", lambda m, g, t, o: (
+        base_args(m["roberta"], g["sst-2"], "sst-2", o, "--do_train", "--max_seq_length", "63"),
+        ["--max_seq_length 63", "62 tokens"])),
     "patience 3,x": ("trained", lambda m, g, t, o: (
         _train(m, g, "sst-2", o, "--patience", "3,x"), ["patience", "3,x"])),
     "patience -1": ("trained", lambda m, g, t, o: (
@@ -672,6 +848,20 @@ BAD_INPUTS = {
     "short MNLI dev_mismatched row": ("trained:mnli", _short_dev_row(
         "mnli", "dev_mismatched.tsv", 4, ["3", "30003", "30003e", "letters", "x", "x", "x", "x", "the dog"])),
     "short MRPC dev row": ("trained:mrpc", _short_dev_row("mrpc", "dev.tsv", 4, ["1", "1001", "2001", "one string"])),
+    "dev.tsv with its header only": ("trained", _empty_dev_file),
+    "model folder without tokenizer files": ("absent", _model_without_tokenizer),
+    "do_eval alone, saved model without tokenizer files": ("trained", _saved_model_without_tokenizer),
+    "tokenizer of far fewer tokens than the model's": ("absent", _tokenizer_of_size(20)),
+    "tokenizer of more tokens than the model's": ("absent", _tokenizer_of_size(150)),
+    "num_train_epochs 0": _no_train_epochs("0"),
+    "num_train_epochs -1": _no_train_epochs("-1"),
+    "num_train_epochs inf": _no_train_epochs("inf"),
+    "fp16 without CUDA": ("trained", lambda m, g, t, o: (_train(m, g, "sst-2", o, "--fp16"), ["--fp16", "CUDA"])),
+    "max_seq_length beyond the model's positions": ("trained", lambda m, g, t, o: (
+        _train(m, g, "sst-2", o, "--max_seq_length", "100"), ["--max_seq_length 100", "64 positions"])),
+    "incomplete resume_from_checkpoint": ("trained", _incomplete_resume_checkpoint),
+    "do_predict without test.tsv": ("trained", lambda m, g, t, o: (
+        eval_args(g, "sst-2", o, "--do_predict"), ["test.tsv", "not found", "--do_predict"])),
 }
 
 
@@ -738,6 +928,7 @@ def test_help_explains_patience_and_threshold(capsys):
     text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     assert "PATIENCE+1" in text and "0 runs every layer" in text
     assert "--regression_threshold" in text and "differ by less than" in text
+    assert "Backbone family: bert, albert, roberta, xlm-roberta, distilbert, electra." in text
     # Every flag of the reference script is there.
     for flag in ("data_dir", "model_type", "model_name_or_path", "task_name", "output_dir", "patience",
                  "regression_threshold", "config_name", "tokenizer_name", "cache_dir", "max_seq_length", "do_train",
@@ -749,13 +940,22 @@ def test_help_explains_patience_and_threshold(capsys):
         assert f"--{flag}" in text, flag
 
 
-@pytest.mark.parametrize("train_rows, validation_name, words", [
-    ("sentence,label\na good film,1\na dull film,maybe\n", "dev.csv", ["unknown label", "maybe"]),
-    ("sentence,label\na good film,1\n", "dev.txt", ["dev.txt", "unsupported file type"]),
+GOOD_ROWS = "sentence,label\nfine,1\n"
+
+
+@pytest.mark.parametrize("train_rows, validation_name, validation_rows, words", [
+    ("sentence,label\na good film,1\na dull film,maybe\n", "dev.csv", GOOD_ROWS, ["unknown label", "maybe"]),
+    ("sentence,label\na good film,1\n", "dev.txt", GOOD_ROWS, ["dev.txt", "unsupported file type"]),
+    ("sentence\na good film\n", "dev.csv", GOOD_ROWS, ["train.csv", "no 'label' column"]),
+    ("sentence,label\na good film,1\n", "dev.csv", "sentence,label\nfine,1\ndull,\n", ["dev.csv, row 2", "'label'"]),
+    ("sentence,label\na good film,1\n", "dev.jsonl", '{"sentence": "fine", "label": "1"}\n{"sentence": "dull"}\n',
+     ["dev.jsonl, row 2", "'label'"]),
+    ("sentence,label\na good film,1\n", "dev.json", '[{"sentence": "fine"}]', ["dev.json", "no 'label' column"]),
 ])
-def test_bad_csv_or_json_files_are_one_line_errors(models, tmp_path, train_rows, validation_name, words):
+def test_bad_csv_or_json_files_are_one_line_errors(models, tmp_path, train_rows, validation_name, validation_rows,
+                                                   words):
     (tmp_path / "train.csv").write_text(train_rows)
-    (tmp_path / validation_name).write_text("sentence,label\nfine,1\n")
+    (tmp_path / validation_name).write_text(validation_rows)
     output_dir = tmp_path / "out"
     with pytest.raises(SystemExit) as exit:
         run_glue_with_pabee.main([

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fixtures_glue import save_tiny_model, snapshot, write_glue_task
+from fixtures_glue import NUM_DEV, save_tiny_model, snapshot, write_glue_task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LEARNING_RATE = 1e-3
@@ -109,7 +109,9 @@ def test_bf16_on_cpu_trains_and_evaluates(setup, tmp_path):
     entries = json.loads((output_dir / "eval_results.json").read_text())["runs"][-1]["entries"]
     assert [entry["patience"] for entry in entries] == [0, 1, 2]
     assert all(entry["simulation_agreement"] == 1.0 for entry in entries)
-    assert all(value.dtype.is_floating_point for value in weights(output_dir).values())
+    # That evaluation ran in bfloat16 is shown inside a layer by tests/test_script_options.py.
+    assert [entry["precision"] for entry in entries] == ["bf16"] * 3
+    assert all(value.dtype == torch.float32 for value in weights(output_dir).values())  # autocast, float32 weights
 
 
 def free_port():
@@ -142,6 +144,9 @@ def test_torchrun_two_processes(setup, tmp_path):
                 "--max_seq_length", "32", "--no_cuda", *sweep])
     distributed, single = (json.loads((output_dir / "eval_results.json").read_text())["runs"][i]["entries"]
                            for i in (0, 1))
+    # Every dev example's answer gathered from the two processes, once: 24 examples in shards of 12, batches of 5.
+    assert len(distributed) == len(single) == 4
+    assert [entry["examples"] for entry in distributed] == [NUM_DEV] * 4
     for ddp_entry, entry in zip(distributed, single):
         assert ddp_entry["examples"] == entry["examples"]
         assert ddp_entry["exit_histogram"] == entry["exit_histogram"]

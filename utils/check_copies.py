@@ -1,10 +1,17 @@
 """Check that code marked `# Copied from pabee.<module>.<name>` is still the same as its original.
 
-The modeling files are meant to be copied alone into other projects, so the ALBERT file repeats the early-exit code
-of the BERT file instead of importing it. A marker above a top-level definition names the original and, optionally,
-renamings to apply to it (`with Bert->Albert`: BERT->ALBERT and bert->albert follow):
+The modeling files are meant to be copied alone into other projects, so each family's file repeats the early-exit
+code of the BERT file instead of importing it. A marker above a top-level definition, or above a method of a top-level
+class (`Class.method`, the marker indented like the method), names the original and, optionally, renamings to apply
+to it. Each renaming applies in the case it is written in and in lower and upper case (`with Bert->Albert`: BERT->ALBERT
+and bert->albert follow), except where another renaming is written out in that case (`with Bert->Roberta,
+BERT->RoBERTa` writes RoBERTa for BERT, not ROBERTA):
 
     # Copied from pabee.modeling_pabee_bert.BertForSequenceClassificationWithPabee with Bert->Albert
+    # Copied from pabee.modeling_pabee_bert.BertForSequenceClassificationWithPabee with Bert->Roberta, BERT->RoBERTa
+    # Copied from pabee.modeling_pabee_bert.BertModelWithPabee.pooling_weights
+
+A marker longer than the line limit may end in `  # noqa: E501`.
 
     python utils/check_copies.py          # exit 1 and list the copies that differ
     python utils/check_copies.py --fix    # rewrite them from their originals
@@ -17,30 +24,41 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MARKER = re.compile(r"^# Copied from pabee\.(?P<module>\w+)\.(?P<name>\w+)(?: with (?P<renames>.+))?$")
+MARKER = re.compile(
+    r"^ *# Copied from pabee\.(?P<module>\w+)\.(?P<name>\w+(?:\.\w+)?)(?: with (?P<renames>.+?))?(?:  # noqa: E501)?$"
+)
 
 
-def top_level_blocks(source):
-    """Map each top-level name to its (first line, last line), 0-based and inclusive, decorators included."""
+def definition_blocks(source):
+    """
+    Map each top-level name, and each method of a top-level class as `Class.method`, to its (first line, last line),
+    0-based and inclusive, decorators included.
+    """
     blocks = {}
     for node in ast.parse(source).body:
-        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            blocks[node.name] = (first, node.end_lineno - 1)
+            blocks[node.name] = block_span(node)
         elif isinstance(node, ast.Assign):
             for target in node.targets:
                 if isinstance(target, ast.Name):
-                    blocks[target.id] = (first, node.end_lineno - 1)
+                    blocks[target.id] = block_span(node)
+        if isinstance(node, ast.ClassDef):
+            for method in node.body:
+                if isinstance(method, ast.FunctionDef):
+                    blocks[f"{node.name}.{method.name}"] = block_span(method)
     return blocks
+
+
+def block_span(node):
+    first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1
+    return first, node.end_lineno - 1
 
 
 def apply_renames(text, renames):
     """Apply `Old->New` renamings in all three cases at once (a sequential replace would rename its own output)."""
-    mapping = {}
-    for rename in filter(None, (r.strip() for r in (renames or "").split(","))):
-        old, new = (part.strip() for part in rename.split("->"))
-        for case in (str, str.lower, str.upper):
-            mapping[case(old)] = case(new)
+    pairs = [[part.strip() for part in rename.split("->")] for rename in (renames or "").split(",") if rename.strip()]
+    mapping = {case(old): case(new) for old, new in pairs for case in (str.lower, str.upper)}
+    mapping.update({old: new for old, new in pairs})  # a case written out wins over one derived from another renaming
     if not mapping:
         return text
     return re.sub("|".join(map(re.escape, mapping)), lambda match: mapping[match.group(0)], text)
@@ -49,7 +67,7 @@ def apply_renames(text, renames):
 def check_file(path, fix=False):
     """Return a description of each copy in `path` that differs from its original; rewrite them if `fix`."""
     lines = path.read_text().splitlines(keepends=True)
-    copy_blocks = {span[0]: span for span in top_level_blocks("".join(lines)).values()}
+    copy_blocks = {span[0]: span for span in definition_blocks("".join(lines)).values()}
     problems, replacements = [], []
     for marker_line, line in enumerate(lines):
         match = MARKER.match(line.rstrip("\n"))
@@ -57,7 +75,7 @@ def check_file(path, fix=False):
             continue
         original_path = REPO_ROOT / "pabee" / f"{match['module']}.py"
         original_source = original_path.read_text()
-        original_blocks = top_level_blocks(original_source)
+        original_blocks = definition_blocks(original_source)
         if match["name"] not in original_blocks:
             problems.append(f"{path}:{marker_line + 1}: {match['name']} not found in {original_path}")
             continue
@@ -66,7 +84,8 @@ def check_file(path, fix=False):
         expected = apply_renames(original_text, match["renames"])
 
         if marker_line + 1 not in copy_blocks:
-            problems.append(f"{path}:{marker_line + 1}: the marker must stand right above a top-level definition")
+            problems.append(f"{path}:{marker_line + 1}: the marker must stand right above a top-level definition "
+                            "or a method of a top-level class")
             continue
         copy_first, copy_last = copy_blocks[marker_line + 1]
         if "".join(lines[copy_first : copy_last + 1]) != expected:

@@ -1,0 +1,533 @@
+# Copyright 2020 Google AI, Google Brain, the HuggingFace Inc. team and Microsoft Corporation.
+# Copyright 2026 The PABEE example authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""ELECTRA with Patience-based Early Exit (PABEE, "BERT Loses Patience", arXiv 2006.04152).
+
+One internal classifier per layer reads the pooled output of that layer. In training every layer runs and the loss
+is the average of the per-layer losses weighted 1..L. In evaluation each example stops as soon as its prediction has
+stayed the same `patience` times in a row; examples leave the batch one by one, so any batch size gives the answers
+of running each example alone. Fine-tune the discriminator (google/electra-*-discriminator): it has no pre-trained
+pooler (see `ElectraModelWithPabee` for what the classifiers read), and where its embeddings are smaller than its
+layers (`embedding_size < hidden_size`) they are projected up, exactly as `ElectraModel` does.
+
+This file needs only torch and transformers: copy it into your own project as it is. The early-exit code is the
+same as in modeling_pabee_bert.py (utils/check_copies.py keeps the two in step).
+
+    from transformers import AutoTokenizer
+    from pabee.modeling_pabee_electra import ElectraForSequenceClassificationWithPabee
+    tokenizer = AutoTokenizer.from_pretrained("google/electra-base-discriminator")
+    model = ElectraForSequenceClassificationWithPabee.from_pretrained(
+        "google/electra-base-discriminator", num_labels=2, patience=3
+    )
+    output = model.eval()(**tokenizer(["a fine film"], return_tensors="pt"))
+    output.logits, output.exit_layers
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import ElectraModel, ElectraPreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.utils import ModelOutput
+
+# Copied from pabee.modeling_pabee_bert.PABEE_DEFAULTS
+PABEE_DEFAULTS = {
+    "patience": 0,
+    "regression_threshold": 0.1,
+    "exit_pooling": "pooler",
+    "exit_criterion": "patience",
+    "exit_threshold": None,
+    "layer_loss_weights": "linear",
+}
+# Copied from pabee.modeling_pabee_bert.EXIT_POOLINGS
+EXIT_POOLINGS = ("pooler", "mean")
+# Copied from pabee.modeling_pabee_bert.EXIT_CRITERIA
+EXIT_CRITERIA = ("patience", "entropy", "confidence")
+# Copied from pabee.modeling_pabee_bert.LAYER_LOSS_WEIGHTS
+LAYER_LOSS_WEIGHTS = ("linear", "uniform", "last")
+
+
+# Copied from pabee.modeling_pabee_bert.PabeeSequenceClassifierOutput
+@dataclass
+class PabeeSequenceClassifierOutput(ModelOutput):
+    """
+    Output of a sequence classifier with patience-based early exit.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `labels` is given):
+            Training: the per-layer losses averaged with weights 1..L. Evaluation: the loss of the answered logits.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            For each example, the logits of the classifier of the layer it exited at.
+        exit_layers (`torch.LongTensor` of shape `(batch_size,)`):
+            For each example, the 1-based index of the layer whose classifier answered.
+        all_layer_logits (`torch.FloatTensor` of shape `(batch_size, num_layers, num_labels)`, optional):
+            Every classifier's logits for every example, returned with `output_all_layer_logits=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    exit_layers: torch.LongTensor | None = None
+    all_layer_logits: torch.FloatTensor | None = None
+
+
+# Copied from pabee.modeling_pabee_bert.check_pabee_settings
+def check_pabee_settings(
+    patience,
+    regression_threshold,
+    exit_pooling="pooler",
+    exit_criterion="patience",
+    exit_threshold=None,
+    layer_loss_weights="linear",
+    num_labels=None,
+):
+    """Raise a `ValueError` that says how to fix a bad early-exit setting."""
+    if not is_non_negative_integer(patience):
+        raise ValueError(f"patience must be an integer >= 0 (0 disables early exit), got {patience!r}")
+    if not is_non_negative_number(regression_threshold):
+        raise ValueError(f"regression_threshold must be a number >= 0, got {regression_threshold!r}")
+    if exit_pooling not in EXIT_POOLINGS:
+        raise ValueError(f"exit_pooling must be one of {', '.join(EXIT_POOLINGS)}, got {exit_pooling!r}")
+    if layer_loss_weights not in LAYER_LOSS_WEIGHTS:
+        raise ValueError(
+            f"layer_loss_weights must be one of {', '.join(LAYER_LOSS_WEIGHTS)}, got {layer_loss_weights!r}"
+        )
+    if exit_criterion not in EXIT_CRITERIA:
+        raise ValueError(f"exit_criterion must be one of {', '.join(EXIT_CRITERIA)}, got {exit_criterion!r}")
+    if exit_criterion == "patience":
+        return
+    if num_labels == 1:
+        raise ValueError(f"regression (num_labels=1) exits by patience only, not by {exit_criterion!r}")
+    if not is_non_negative_number(exit_threshold) or (exit_criterion == "confidence" and exit_threshold > 1):
+        allowed = "a probability in [0, 1]" if exit_criterion == "confidence" else "a number >= 0 (nats)"
+        raise ValueError(f"exit_threshold of the {exit_criterion} criterion must be {allowed}, got {exit_threshold!r}")
+
+
+# Copied from pabee.modeling_pabee_bert.is_non_negative_number
+def is_non_negative_number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0  # NaN fails `>= 0`
+
+
+# Copied from pabee.modeling_pabee_bert.is_non_negative_integer
+def is_non_negative_integer(value):
+    """Python, numpy or 0-d torch integers (anything with `__index__`), but not bools."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or getattr(value, "dtype", None) == torch.bool:
+        return False
+    try:
+        return value.__index__() >= 0
+    except TypeError:  # e.g. a torch tensor of several values, or of floats
+        return False
+
+
+# Copied from pabee.modeling_pabee_bert.exit_predictions
+def exit_predictions(logits):
+    """
+    What the patience rule compares from layer to layer, from logits `(..., num_labels)`: the predicted class, or the
+    score when there is one logit (regression).
+    """
+    return logits[..., 0] if logits.shape[-1] == 1 else logits.argmax(dim=-1)
+
+
+# Copied from pabee.modeling_pabee_bert.update_patience_counters
+def update_patience_counters(counters, previous_predictions, predictions, regression_threshold):
+    """
+    One step of the patience rule for a batch: `counters[b]` counts how many times in a row example b's prediction
+    (see `exit_predictions`) stayed the same. Classes must be equal; a score counts as "the same" when it changed by
+    less than `regression_threshold` (strictly).
+    """
+    if predictions.is_floating_point():
+        unchanged = (predictions - previous_predictions).abs() < regression_threshold
+    else:
+        unchanged = predictions == previous_predictions
+    return (counters + 1) * unchanged  # a change resets the counter to 0
+
+
+# Copied from pabee.modeling_pabee_bert.patience_exit_layers
+def patience_exit_layers(all_layer_logits, patience, regression_threshold):
+    """
+    The exit layer (1-based) that early exit with `patience` gives each example, from every layer's logits
+    `(batch_size, num_layers, num_labels)`: the first layer at which the counter reaches `patience`, else the last.
+    """
+    batch_size, num_layers, _ = all_layer_logits.shape
+    exit_layers = torch.full((batch_size,), num_layers, dtype=torch.long, device=all_layer_logits.device)
+    if patience == 0:
+        return exit_layers
+    counters = torch.zeros(batch_size, dtype=torch.long, device=all_layer_logits.device)
+    predictions = exit_predictions(all_layer_logits)  # (batch_size, num_layers)
+    for layer in range(1, num_layers):
+        counters = update_patience_counters(counters, predictions[:, layer - 1], predictions[:, layer],
+                                            regression_threshold)
+        first_time = (counters == patience) & (exit_layers == num_layers)
+        exit_layers[first_time] = layer + 1
+    return exit_layers
+
+
+# Copied from pabee.modeling_pabee_bert.confident_exits
+def confident_exits(logits, exit_criterion, exit_threshold):
+    """
+    The examples whose classifier is sure enough to answer now, for the criteria compared with patience in the
+    early-exit literature: "entropy" (entropy of the predicted distribution below the threshold, in nats; DeeBERT)
+    or "confidence" (top-class probability above the threshold).
+    """
+    probabilities = logits.float().softmax(dim=-1)
+    if exit_criterion == "entropy":
+        return torch.special.entr(probabilities).sum(dim=-1) < exit_threshold
+    return probabilities.max(dim=-1).values > exit_threshold
+
+
+# Copied from pabee.modeling_pabee_bert.simulate_exit_layers
+def simulate_exit_layers(all_layer_logits, patience, regression_threshold, exit_criterion="patience",
+                         exit_threshold=None):
+    """
+    The exit layer (1-based) of each example under any exit criterion, from every layer's logits: what real early
+    exit gives, computed from one full-depth pass, so a whole sweep of settings costs one pass.
+    """
+    if exit_criterion == "patience":
+        return patience_exit_layers(all_layer_logits, patience, regression_threshold)
+    num_layers = all_layer_logits.shape[1]
+    if num_layers == 1:  # the only layer answers
+        return torch.ones(all_layer_logits.shape[0], dtype=torch.long, device=all_layer_logits.device)
+    exits = confident_exits(all_layer_logits[:, :-1], exit_criterion, exit_threshold)  # (batch, num_layers - 1)
+    first_exit = exits.int().argmax(dim=-1) + 1  # argmax returns the first of equal maxima
+    return torch.where(exits.any(dim=-1), first_exit, torch.full_like(first_exit, num_layers))
+
+
+# Copied from pabee.modeling_pabee_bert.weighted_layer_loss
+def weighted_layer_loss(layer_logits, labels, layer_loss_weights="linear"):
+    """
+    PABEE's training loss: sum_i w_i * loss_i / sum_i w_i over layers i = 1..L, with w_i = i ("linear", the paper's),
+    w_i = 1 ("uniform"), or only the last layer ("last": plain fine-tuning, the baseline early exit is measured
+    against); cross-entropy, or MSE when there is one logit.
+    """
+    num_layers = len(layer_logits)
+    total_loss, total_weight = 0.0, 0
+    for layer, logits in enumerate(layer_logits, start=1):
+        weight = {"linear": layer, "uniform": 1, "last": int(layer == num_layers)}[layer_loss_weights]
+        if weight == 0:
+            continue
+        total_loss = total_loss + weight * sequence_classification_loss(logits, labels)
+        total_weight += weight
+    return total_loss / total_weight
+
+
+# Copied from pabee.modeling_pabee_bert.sequence_classification_loss
+def sequence_classification_loss(logits, labels):
+    """Cross-entropy over `num_labels` classes, or mean squared error when there is a single logit (regression)."""
+    if logits.shape[-1] == 1:
+        return nn.functional.mse_loss(logits.view(-1), labels.view(-1).to(logits.dtype))
+    return nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+
+
+# Copied from pabee.modeling_pabee_bert.drop_padding_columns
+def drop_padding_columns(hidden_states, attention_mask):
+    """
+    Remove trailing sequence positions that no example in the batch attends to. Masked keys get zero attention weight
+    and every other operation is per position, so the remaining positions compute exactly what they did before; as
+    examples leave the batch the longest remaining one sets the length.
+    """
+    if attention_mask is None:
+        return hidden_states, attention_mask
+    length = int(attention_mask.any(dim=0).nonzero().max()) + 1 if attention_mask.any() else 1
+    return hidden_states[:, :length], attention_mask[:, :length]
+
+
+class ElectraModelWithPabee(ElectraModel):
+    """
+    `ElectraModel` that can also be run one layer at a time, as early exit needs. Its `forward` is `ElectraModel`'s.
+    `config.exit_pooling` picks what the internal classifiers read: "pooler" or "mean" (the mean of the layer's hidden
+    states over real tokens).
+
+    ELECTRA is pre-trained without a pooler, so "pooler" is one made here, `electra.pooler`: dense + GELU over the
+    first token [CLS], the computation `ElectraClassificationHead` puts before its output layer, shared by every exit.
+    No ELECTRA checkpoint holds it: `from_pretrained` reports `electra.pooler` as newly initialised beside the
+    classifiers (normal, std `initializer_range`, zero bias, like them), and it is trained with them. With "mean" the
+    model has no pooler.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        # Only a model whose classifiers read it has a pooler: an unused one would be reported as newly initialised,
+        # never trained, and refused by DistributedDataParallel (a parameter without gradient).
+        self.pooler = None
+        if getattr(config, "exit_pooling", "pooler") == "pooler":
+            self.pooler = FirstTokenPooler(config.hidden_size, nn.GELU())
+            self.post_init()  # initialises the pooler added after `ElectraModel.__init__` had initialised the rest
+
+    # Copied from pabee.modeling_pabee_roberta.RobertaModelWithPabee.classifier_dropout_prob with Roberta->Electra
+    def classifier_dropout_prob(self):
+        """The dropout before each internal classifier (in training only): `ElectraClassificationHead`'s."""
+        config = self.config
+        return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+    def embed(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        """The input of layer 1: `(batch_size, seq_len, hidden_size)`, after the embedding projection if any."""
+        embeddings = self.embeddings(
+            input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
+        )
+        if hasattr(self, "embeddings_project"):  # embedding_size != hidden_size
+            embeddings = self.embeddings_project(embeddings)
+        return embeddings
+
+    # Copied from pabee.modeling_pabee_bert.BertModelWithPabee.layer_attention_mask
+    def layer_attention_mask(self, hidden_states, attention_mask):
+        """The mask the layers take (its form depends on the attention implementation) from a 0/1 padding mask."""
+        return create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
+
+    # Copied from pabee.modeling_pabee_bert.BertModelWithPabee.run_layer
+    def run_layer(self, index, hidden_states, layer_attention_mask):
+        """Layer `index` (0-based) of the encoder."""
+        return self.encoder.layer[index](hidden_states, layer_attention_mask)
+
+    # Copied from pabee.modeling_pabee_bert.BertModelWithPabee.pooling_weights
+    def pooling_weights(self, hidden_states, attention_mask):
+        """
+        What `pool` needs besides a layer's hidden states, made once for a batch rather than at every layer: for
+        "mean" pooling, `(batch_size, 1, seq_len)` weights that average over the real tokens; None otherwise.
+        """
+        if getattr(self.config, "exit_pooling", "pooler") != "mean":
+            return None
+        return mean_pooling_weights(hidden_states, attention_mask)
+
+    # Copied from pabee.modeling_pabee_roberta.RobertaModelWithPabee.pool
+    def pool(self, hidden_states, pooling_weights):
+        """What an internal classifier reads from a layer's hidden states: `(batch_size, hidden_size)`."""
+        if getattr(self.config, "exit_pooling", "pooler") == "mean":
+            return torch.matmul(pooling_weights, hidden_states).squeeze(1)  # (batch, 1, seq) @ (batch, seq, hidden)
+        if self.pooler is None:
+            raise ValueError(
+                "exit_pooling is 'pooler' but this model was built for 'mean', without a pooler: load it again with "
+                "exit_pooling='pooler' (from_pretrained(path, exit_pooling='pooler')) to add one"
+            )
+        return self.pooler(hidden_states)
+
+
+# Copied from pabee.modeling_pabee_distilbert.FirstTokenPooler
+class FirstTokenPooler(nn.Module):
+    """The pooler of a backbone pre-trained without one: a dense layer and an activation over the first token."""
+
+    def __init__(self, hidden_size, activation):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = activation
+
+    def forward(self, hidden_states):
+        """`(batch_size, seq_len, hidden_size)` -> `(batch_size, hidden_size)`"""
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+# Copied from pabee.modeling_pabee_bert.mean_pooling_weights
+def mean_pooling_weights(hidden_states, attention_mask):
+    """
+    `(batch_size, 1, seq_len)` weights, in the dtype of `hidden_states`, whose product with a layer's hidden states
+    `(batch_size, seq_len, hidden_size)` is their mean over the positions where `attention_mask` is 1 (all positions
+    without a mask).
+    """
+    batch_size, seq_len = hidden_states.shape[:2]
+    if attention_mask is None:
+        return hidden_states.new_full((batch_size, 1, seq_len), 1.0 / seq_len)
+    weights = attention_mask.to(hidden_states.dtype).unsqueeze(1)
+    return weights / weights.sum(dim=-1, keepdim=True).clamp(min=1.0)
+
+
+# Copied from pabee.modeling_pabee_bert.BertForSequenceClassificationWithPabee with Bert->Electra
+class ElectraForSequenceClassificationWithPabee(ElectraPreTrainedModel):
+    """
+    ELECTRA with one linear classifier per layer and patience-based early exit.
+
+    The PABEE settings live on the config, so `save_pretrained` keeps them: `config.patience` (0: no early exit),
+    `config.regression_threshold` (regression: a change smaller than this counts as "the same prediction"),
+    `config.exit_pooling`, `config.layer_loss_weights` (PABEE's "linear" 1..L, "uniform", or "last"), and, to compare
+    PABEE with other exit rules on the same model, `config.exit_criterion` ("patience", "entropy" or "confidence")
+    with its `config.exit_threshold`. Keyword arguments set them on the config (`from_pretrained(path, patience=3)`);
+    `forward` takes the exit settings as keyword arguments to override them for one call.
+    """
+
+    def __init__(self, config, **pabee_settings):
+        super().__init__(config)
+        unknown = set(pabee_settings) - set(PABEE_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments {sorted(unknown)}; PABEE's are {sorted(PABEE_DEFAULTS)}")
+        for name, default in PABEE_DEFAULTS.items():
+            if pabee_settings.get(name) is not None:
+                setattr(config, name, pabee_settings[name])
+            elif not hasattr(config, name):
+                setattr(config, name, default)
+        if config.num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1 (1 means regression), got {config.num_labels}")
+        check_pabee_settings(**{name: getattr(config, name) for name in PABEE_DEFAULTS}, num_labels=config.num_labels)
+        config.patience = config.patience.__index__()  # a plain int, so that the config saves as JSON
+        self.num_labels = config.num_labels
+
+        self.electra = ElectraModelWithPabee(config)
+        self.dropout = nn.Dropout(self.electra.classifier_dropout_prob())
+        self.classifiers = nn.ModuleList(
+            [nn.Linear(config.hidden_size, config.num_labels) for _ in range(config.num_hidden_layers)]
+        )
+
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        patience=None,
+        regression_threshold=None,
+        exit_criterion=None,
+        exit_threshold=None,
+        output_all_layer_logits=False,
+    ):
+        """
+        In training mode every layer runs and `loss` is PABEE's weighted average of the per-layer losses. In
+        evaluation mode each example exits at its own layer. `patience`, `regression_threshold`, `exit_criterion`
+        and `exit_threshold` override the config's for this call. `output_all_layer_logits=True` runs every layer
+        for every example and also returns all the classifiers' logits; the answers are the same as without it.
+        """
+        config = self.config
+        exit_settings = {
+            "patience": config.patience if patience is None else patience,
+            "regression_threshold": (
+                config.regression_threshold if regression_threshold is None else regression_threshold
+            ),
+            "exit_criterion": config.exit_criterion if exit_criterion is None else exit_criterion,
+            "exit_threshold": config.exit_threshold if exit_threshold is None else exit_threshold,
+        }
+        check_pabee_settings(
+            **exit_settings,
+            exit_pooling=config.exit_pooling,
+            layer_loss_weights=config.layer_loss_weights,
+            num_labels=self.num_labels,
+        )
+        exit_settings["patience"] = exit_settings["patience"].__index__()  # e.g. a numpy integer from a sweep
+
+        backbone = self.base_model
+        hidden_states = backbone.embed(input_ids, token_type_ids, position_ids, inputs_embeds)
+        hidden_states, attention_mask = drop_padding_columns(hidden_states, attention_mask)
+
+        if self.training or output_all_layer_logits:
+            all_layer_logits = self._run_all_layers(hidden_states, attention_mask)
+            num_layers = all_layer_logits.shape[1]
+            if self.training:
+                exit_layers = torch.full_like(all_layer_logits[:, 0, 0], num_layers, dtype=torch.long)
+            else:
+                exit_layers = simulate_exit_layers(all_layer_logits, **exit_settings)
+            logits = all_layer_logits[torch.arange(len(exit_layers)), exit_layers - 1]
+        else:
+            all_layer_logits = None
+            logits, exit_layers = self._run_with_early_exit(hidden_states, attention_mask, **exit_settings)
+
+        loss = None
+        if labels is not None:
+            if self.training:
+                loss = weighted_layer_loss(all_layer_logits.unbind(dim=1), labels, config.layer_loss_weights)
+            else:
+                loss = sequence_classification_loss(logits, labels)
+
+        return PabeeSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            exit_layers=exit_layers,
+            all_layer_logits=all_layer_logits if output_all_layer_logits else None,
+        )
+
+    def _classify(self, index, hidden_states, pooling_weights):
+        """Logits of internal classifier `index` (0-based): `(batch_size, num_labels)`."""
+        pooled_output = self.base_model.pool(hidden_states, pooling_weights)
+        if self.training:  # dropout is the identity in evaluation: skip the call, which costs at every layer
+            pooled_output = self.dropout(pooled_output)
+        return self.classifiers[index](pooled_output)
+
+    def _run_all_layers(self, hidden_states, attention_mask):
+        """Every classifier's logits for every example: `(batch_size, num_layers, num_labels)`."""
+        backbone = self.base_model
+        layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
+        pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
+        all_layer_logits = []
+        for index in range(len(self.classifiers)):
+            hidden_states = backbone.run_layer(index, hidden_states, layer_attention_mask)
+            all_layer_logits.append(self._classify(index, hidden_states, pooling_weights))
+        return torch.stack(all_layer_logits, dim=1)
+
+    def _run_with_early_exit(
+        self, hidden_states, attention_mask, patience, regression_threshold, exit_criterion, exit_threshold
+    ):
+        """
+        Early exit decided per example (one patience counter each). An example leaves the batch at its exit layer
+        and no later layer is computed for it; the others go on with a smaller batch.
+        """
+        backbone = self.base_model
+        num_layers = len(self.classifiers)
+        batch_size = hidden_states.shape[0]
+        # With patience 0, or patience >= num_layers - 1 (the counter reaches num_layers - 1 at the last layer at the
+        # earliest, whose answer full depth gives anyway), nobody exits early: skip the intermediate classifiers so
+        # full depth costs what the plain model costs.
+        can_exit_early = 0 < patience < num_layers - 1 if exit_criterion == "patience" else num_layers > 1
+
+        logits = None
+        exit_layers = torch.full((batch_size,), num_layers, dtype=torch.long, device=hidden_states.device)
+        active = torch.arange(batch_size, device=hidden_states.device)  # original positions of the running examples
+        counters = torch.zeros_like(active)
+        previous_predictions = None
+        layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
+        pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
+
+        for index in range(num_layers):
+            hidden_states = backbone.run_layer(index, hidden_states, layer_attention_mask)
+            is_last = index == num_layers - 1
+            if not (can_exit_early or is_last):
+                continue
+            layer_logits = self._classify(index, hidden_states, pooling_weights)  # (active, num_labels)
+            if logits is None:
+                logits = layer_logits.new_zeros(batch_size, layer_logits.shape[-1])
+            if is_last:
+                logits[active] = layer_logits
+                break
+
+            if exit_criterion == "patience":
+                predictions = exit_predictions(layer_logits)
+                if previous_predictions is not None:
+                    counters = update_patience_counters(counters, previous_predictions, predictions,
+                                                        regression_threshold)
+                previous_predictions = predictions
+                done = counters == patience
+            else:
+                done = confident_exits(layer_logits, exit_criterion, exit_threshold)
+            if not done.any():
+                continue
+            logits[active[done]] = layer_logits[done]
+            exit_layers[active[done]] = index + 1
+            if done.all():
+                break
+            running = ~done
+            active, counters = active[running], counters[running]
+            previous_predictions = previous_predictions[running] if previous_predictions is not None else None
+            hidden_states = hidden_states[running]
+            attention_mask = attention_mask[running] if attention_mask is not None else None
+            hidden_states, attention_mask = drop_padding_columns(hidden_states, attention_mask)
+            layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
+            pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
+
+        return logits, exit_layers
+
+
+__all__ = [
+    "ElectraModelWithPabee",
+    "ElectraForSequenceClassificationWithPabee",
+    "PabeeSequenceClassifierOutput",
+]

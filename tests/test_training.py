@@ -1,0 +1,36 @@
+"""Tests of pabee.training's optimizer set-up over every backbone family (tiny random configs, CPU).
+
+    python -m pytest tests/test_training.py -q
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fixtures_glue import MODEL_TYPES
+from run_glue_with_pabee import MODEL_CLASSES
+from test_modeling import VARIANTS, make_config
+
+from pabee.training import make_optimizer
+
+FAMILY_VARIANTS = {family: variant for variant, (family, _) in reversed(list(VARIANTS.items()))}
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_weight_decay_spares_every_bias_and_layer_norm(model_type):
+    model = MODEL_CLASSES[model_type](make_config(FAMILY_VARIANTS[model_type], 3))
+    args = SimpleNamespace(learning_rate=1e-3, classifier_lr_multiplier=10, weight_decay=0.01, adam_epsilon=1e-8)
+    optimizer = make_optimizer(args, model)
+
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    undecayed = {names[id(p)] for group in optimizer.param_groups if group["weight_decay"] == 0 for p in group["params"]}
+    # By hand: the biases, and the parameters of the modules that are layer norms, whatever each family calls them.
+    norms = {f"{module_name}.{name}" for module_name, module in model.named_modules()
+             if isinstance(module, torch.nn.LayerNorm) for name, _ in module.named_parameters()}
+    biases = {name for name in names.values() if name.split(".")[-1] == "bias"}
+    assert undecayed == norms | biases
+    assert any("LayerNorm" not in name for name in norms) == (model_type in ("albert", "distilbert"))
+    fast = {names[id(p)] for group in optimizer.param_groups if group["lr"] == 1e-2 for p in group["params"]}
+    assert fast == {name for name in names.values() if name.startswith("classifiers.")}
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(names)

@@ -40,16 +40,8 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoTokenizer, DataCollatorWithPadding
 
-from pabee import (
-    AlbertForSequenceClassificationWithPabee,
-    BertForSequenceClassificationWithPabee,
-    DistilBertForSequenceClassificationWithPabee,
-    ElectraForSequenceClassificationWithPabee,
-    RobertaForSequenceClassificationWithPabee,
-    XLMRobertaForSequenceClassificationWithPabee,
-)
 from pabee.checkpoints import (
     TRAINER_STATE,
     DamagedCheckpointError,
@@ -73,20 +65,12 @@ from pabee.glue import (
     main_metric_name,
     read_glue_split,
 )
+from pabee.models import MODEL_CLASSES, load_pabee_config, max_model_length, model_family
 from pabee.sweep import evaluate, exit_settings, log_evaluation, plot_results, write_test_predictions
 from pabee.training import save_arguments, train
 
 logger = logging.getLogger(__name__)
 
-# Keyed by the config's model_type
-MODEL_CLASSES = {
-    "bert": BertForSequenceClassificationWithPabee,
-    "albert": AlbertForSequenceClassificationWithPabee,
-    "roberta": RobertaForSequenceClassificationWithPabee,
-    "xlm-roberta": XLMRobertaForSequenceClassificationWithPabee,
-    "distilbert": DistilBertForSequenceClassificationWithPabee,
-    "electra": ElectraForSequenceClassificationWithPabee,
-}
 # STS-B scores run from 0 to 5: a layer whose score moved by less than 0.1 is taken to agree with the layer before.
 DEFAULT_REGRESSION_THRESHOLD = 0.1
 
@@ -373,8 +357,8 @@ def load_splits(args, splits, tokenizer, config):
     cache_dir = os.path.join(args.cache_dir or args.output_dir, "cached_features")
     sources = {split: split_loader(args, split) for split in splits}
     try:
-        return load_feature_sets(args.task, sources, tokenizer, args.max_seq_length, config.model_type, cache_dir,
-                                 overwrite_cache=args.overwrite_cache,
+        return load_feature_sets(args.task, sources, tokenizer, args.max_seq_length, model_family(config.model_type),
+                                 cache_dir, overwrite_cache=args.overwrite_cache,
                                  with_token_types=takes_token_types(config, tokenizer))
     except ValueError as error:  # a malformed row, an unknown label, an unsupported file type
         raise InputError(first_line(error))
@@ -393,25 +377,15 @@ def takes_token_types(config, tokenizer):
     return "token_type_ids" in tokenizer.model_input_names and getattr(config, "type_vocab_size", 0) > 1
 
 
-def max_model_length(config):
-    """
-    The longest input the model's position embeddings cover. RoBERTa and XLM-RoBERTa number positions from
-    pad_token_id + 1, so they cover pad_token_id + 1 fewer tokens than they have positions (512 of 514).
-    """
-    if config.model_type in ("roberta", "xlm-roberta"):
-        return config.max_position_embeddings - config.pad_token_id - 1
-    return config.max_position_embeddings
-
-
 def load_config(args, path):
+    """The PABEE config of the model at `path` (a pretrained backbone's gets the default PABEE settings)."""
+    source = args.config_name or path
     try:
-        config = AutoConfig.from_pretrained(args.config_name or path, cache_dir=args.cache_dir)
+        config, family = load_pabee_config(source, cache_dir=args.cache_dir)
     except (OSError, ValueError) as error:
-        raise InputError(f"cannot load a model config from {args.config_name or path!r}: {first_line(error)}")
-    if config.model_type not in MODEL_CLASSES:
-        raise InputError(f"{path} is a {config.model_type!r} model; supported model types: {', '.join(MODEL_CLASSES)}")
-    if args.model_type and args.model_type != config.model_type:
-        raise InputError(f"--model_type {args.model_type} but {path} holds a {config.model_type} model")
+        raise InputError(f"cannot load a model config from {source!r}: {first_line(error)}")
+    if args.model_type and args.model_type != family:
+        raise InputError(f"--model_type {args.model_type} but {path} holds a {family} model")
     return config
 
 
@@ -433,17 +407,10 @@ def load_model(args, path, for_training):
     elif config.num_labels != task.num_labels:
         raise InputError(f"the model in {path} has {config.num_labels} labels but {task.name} needs {task.num_labels}")
     try:
-        return MODEL_CLASSES[config.model_type].from_pretrained(path, config=config, cache_dir=args.cache_dir)
+        model_class = MODEL_CLASSES[model_family(config.model_type)]
+        return model_class.from_pretrained(path, config=config, cache_dir=args.cache_dir)
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # missing, or damaged weights
         raise InputError(f"cannot load the model from {path!r}: {first_line(error)}")
-
-
-def load_tokenizer(args, path):
-    kwargs = {"do_lower_case": True} if args.do_lower_case else {}
-    try:
-        return AutoTokenizer.from_pretrained(args.tokenizer_name or path, cache_dir=args.cache_dir, **kwargs)
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot load a tokenizer from {args.tokenizer_name or path!r}: {first_line(error)}")
 
 
 # What a model folder holds when it has a tokenizer of its own (WordPiece, sentencepiece, BPE, or the fast
@@ -452,16 +419,30 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spie
                    "vocab.json")
 
 
-def check_tokenizer(args, path, tokenizer, config):
-    """
-    The tokenizer must be the model's: from a model folder without tokenizer files transformers builds an empty one
-    (its special tokens only), which maps every word to [UNK], and a tokenizer with more tokens than the model's
-    embeddings gives ids the model cannot look up.
-    """
+def load_tokenizer(args, path, config):
     source = args.tokenizer_name or path
+    # From a model folder without tokenizer files transformers builds an empty tokenizer (its special tokens only,
+    # which maps every word to [UNK]), or none at all for a saved PABEE model.
     if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, name)) for name in TOKENIZER_FILES):
         raise InputError(f"{source} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): pass the model's "
                          "tokenizer with --tokenizer_name")
+    kwargs = {"do_lower_case": True} if args.do_lower_case else {}
+    if args.tokenizer_name is None:
+        # The model's config, already read: AutoTokenizer would otherwise read it again with AutoConfig, which asks
+        # whether to run the folder's code (it has an auto_map), as a prompt in a terminal.
+        kwargs["config"] = config
+    try:
+        return AutoTokenizer.from_pretrained(source, cache_dir=args.cache_dir, **kwargs)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load a tokenizer from {source!r}: {first_line(error)}")
+
+
+def check_tokenizer(args, path, tokenizer, config):
+    """
+    The tokenizer must be the model's: a tokenizer with far fewer tokens than the model's vocabulary is another
+    model's, and one with more gives ids the model cannot look up.
+    """
+    source = args.tokenizer_name or path
     # Far fewer tokens than the model's vocabulary (less than half: vocabularies padded to a round size stay
     # accepted), or ids past its embeddings.
     if len(tokenizer) < config.vocab_size / 2 or len(tokenizer) > config.vocab_size:
@@ -585,7 +566,7 @@ def run(args):
         check_model_path(args.model_name_or_path, "--model_name_or_path")
     start_path = args.start_path = args.model_name_or_path if args.do_train else args.output_dir
     config = load_config(args, start_path)
-    tokenizer = load_tokenizer(args, start_path)
+    tokenizer = load_tokenizer(args, start_path, config)
     check_tokenizer(args, start_path, tokenizer, config)
     if args.max_seq_length > max_model_length(config):
         raise InputError(f"--max_seq_length {args.max_seq_length} is more than the {max_model_length(config)} "

@@ -104,8 +104,9 @@ def correctness(output_dir, data_dir, num_layers):
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
     task = get_task("sst-2")
-    tokenizer = AutoTokenizer.from_pretrained(output_dir)
     model = BertForSequenceClassificationWithPabee.from_pretrained(output_dir).eval()
+    # With the config given, AutoTokenizer does not ask (on a terminal) whether to run the folder's modeling code.
+    tokenizer = AutoTokenizer.from_pretrained(output_dir, config=model.config)
     with open(output_dir / "training_args.json") as file:
         max_seq_length = json.load(file)["max_seq_length"]
     features = convert_examples_to_features(read_glue_split(data_dir, task, "dev"), task, tokenizer, max_seq_length)

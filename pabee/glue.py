@@ -155,6 +155,11 @@ _TSV_LAYOUTS: dict[str, tuple[_TsvLayout, _TsvLayout]] = {
 }
 
 
+def is_sentence_pair_task(task: GlueTask) -> bool:
+    """Whether the task's inputs are sentence pairs (MRPC, MNLI, ...) rather than single sentences (CoLA, SST-2)."""
+    return _TSV_LAYOUTS[task.name][0].text_b is not None
+
+
 def _check_split(task: GlueTask, split: str) -> None:
     valid = ("train",) + task.eval_splits + task.test_splits
     if split not in valid:

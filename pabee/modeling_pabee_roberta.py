@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import RobertaModel, RobertaPreTrainedModel
+from transformers import RobertaConfig, RobertaModel, RobertaPreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import ModelOutput
 
@@ -54,6 +54,59 @@ EXIT_POOLINGS = ("pooler", "mean")
 EXIT_CRITERIA = ("patience", "entropy", "confidence")
 # Copied from pabee.modeling_pabee_bert.LAYER_LOSS_WEIGHTS
 LAYER_LOSS_WEIGHTS = ("linear", "uniform", "last")
+
+
+# Copied from pabee.modeling_pabee_bert.PabeeBertConfig with Bert->Roberta, BERT->RoBERTa
+class PabeeRobertaConfig(RobertaConfig):
+    """
+    The RoBERTa config plus the early-exit settings, saved with the model. Its own `model_type` ("pabee_" and
+    the backbone's) keeps transformers from loading a saved PABEE model into its plain
+    `RobertaForSequenceClassification` (which would drop the internal classifiers and answer with a new, random
+    one): without `trust_remote_code=True` the Auto classes refuse the folder and say to pass it. A plain RoBERTa
+    config (a pretrained backbone, or a checkpoint of the reference implementation) loads as this config, with the
+    settings it lacks at their defaults.
+
+    Args:
+        patience (`int`, defaults to 0):
+            Evaluation exits an example once its prediction has stayed the same this many times in a row; 0 runs every
+            layer.
+        regression_threshold (`float`, defaults to 0.1):
+            Regression (`num_labels == 1`): two layers' scores closer than this (strictly) count as the same
+            prediction.
+        exit_pooling (`str`, defaults to "pooler"):
+            What the internal classifiers read: "pooler" (the pretrained pooler over the first token, as in the paper)
+            or "mean" (the mean of the layer's hidden states over the real tokens).
+        exit_criterion (`str`, defaults to "patience"):
+            "patience" (PABEE), or, to compare it with other exit rules on the same model, "entropy" or "confidence".
+        exit_threshold (`float`, optional):
+            The threshold of the "entropy" (nats) or "confidence" (probability) criterion.
+        layer_loss_weights (`str`, defaults to "linear"):
+            Training loss weights of layers 1..L: "linear" (1..L, the paper's), "uniform", or "last" (plain
+            fine-tuning).
+    """
+
+    model_type = f"pabee_{RobertaConfig.model_type}"
+
+    patience: int = PABEE_DEFAULTS["patience"]
+    regression_threshold: float | int = PABEE_DEFAULTS["regression_threshold"]
+    exit_pooling: str = PABEE_DEFAULTS["exit_pooling"]
+    exit_criterion: str = PABEE_DEFAULTS["exit_criterion"]
+    exit_threshold: float | int | None = PABEE_DEFAULTS["exit_threshold"]
+    layer_loss_weights: str = PABEE_DEFAULTS["layer_loss_weights"]
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """The saved config's dict; a plain RoBERTa config's reads as this type (no transformers type warning)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == RobertaConfig.model_type:
+            config_dict["model_type"] = cls.model_type
+        return config_dict, kwargs
+
+    @classmethod
+    def from_backbone_config(cls, config):
+        """This config with every setting of `config`, a plain `RobertaConfig` (PABEE settings on it kept)."""
+        config_dict = {key: value for key, value in config.to_dict().items() if key != "model_type"}
+        return cls(**config_dict, attn_implementation=config._attn_implementation)
 
 
 # Copied from pabee.modeling_pabee_bert.PabeeSequenceClassifierOutput
@@ -324,24 +377,28 @@ class RobertaForSequenceClassificationWithPabee(RobertaPreTrainedModel):
     """
     RoBERTa with one linear classifier per layer and patience-based early exit.
 
-    The PABEE settings live on the config, so `save_pretrained` keeps them: `config.patience` (0: no early exit),
-    `config.regression_threshold` (regression: a change smaller than this counts as "the same prediction"),
-    `config.exit_pooling`, `config.layer_loss_weights` (PABEE's "linear" 1..L, "uniform", or "last"), and, to compare
-    PABEE with other exit rules on the same model, `config.exit_criterion` ("patience", "entropy" or "confidence")
-    with its `config.exit_threshold`. Keyword arguments set them on the config (`from_pretrained(path, patience=3)`);
-    `forward` takes the exit settings as keyword arguments to override them for one call.
+    The PABEE settings live on the config (`PabeeRobertaConfig`), so `save_pretrained` keeps them:
+    `config.patience` (0: no early exit), `config.regression_threshold` (regression: a change smaller than this
+    counts as "the same prediction"), `config.exit_pooling`, `config.layer_loss_weights` (PABEE's "linear" 1..L,
+    "uniform", or "last"), and, to compare PABEE with other exit rules on the same model, `config.exit_criterion`
+    ("patience", "entropy" or "confidence") with its `config.exit_threshold`. Keyword arguments set them on the
+    config (`from_pretrained(path, patience=3)`); `forward` takes the exit settings as keyword arguments to
+    override them for one call. A plain `RobertaConfig` is taken over into a `PabeeRobertaConfig`, so that
+    the model always saves as a PABEE model.
     """
 
+    config_class = PabeeRobertaConfig
+
     def __init__(self, config, **pabee_settings):
+        if not isinstance(config, PabeeRobertaConfig):
+            config = PabeeRobertaConfig.from_backbone_config(config)
         super().__init__(config)
         unknown = set(pabee_settings) - set(PABEE_DEFAULTS)
         if unknown:
             raise TypeError(f"unexpected keyword arguments {sorted(unknown)}; PABEE's are {sorted(PABEE_DEFAULTS)}")
-        for name, default in PABEE_DEFAULTS.items():
-            if pabee_settings.get(name) is not None:
-                setattr(config, name, pabee_settings[name])
-            elif not hasattr(config, name):
-                setattr(config, name, default)
+        for name, value in pabee_settings.items():
+            if value is not None:
+                setattr(config, name, value)
         if config.num_labels < 1:
             raise ValueError(f"num_labels must be >= 1 (1 means regression), got {config.num_labels}")
         check_pabee_settings(**{name: getattr(config, name) for name in PABEE_DEFAULTS}, num_labels=config.num_labels)
@@ -532,7 +589,13 @@ def gather_exits(exits):
     return all_logits, exit_layers
 
 
+# `save_pretrained` writes `auto_map` into config.json and copies this file beside the weights: then
+# `AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)` and `pipeline` rebuild it.
+PabeeRobertaConfig.register_for_auto_class()
+RobertaForSequenceClassificationWithPabee.register_for_auto_class("AutoModelForSequenceClassification")
+
 __all__ = [
+    "PabeeRobertaConfig",
     "RobertaModelWithPabee",
     "RobertaForSequenceClassificationWithPabee",
     "PabeeSequenceClassifierOutput",

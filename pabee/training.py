@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+from transformers.dynamic_module_utils import custom_object_save
 
 from .checkpoints import finish_checkpoint, partial_path, read_trainer_state, start_checkpoint
 
@@ -48,8 +49,14 @@ def save_checkpoint(args, accelerator, model, tokenizer, step, trainer_state):
     accelerator.wait_for_everyone()
     path = partial_path(args.output_dir, step)
     accelerator.save_state(path)  # model weights (safetensors), optimizer, scheduler, RNG states, scaler
+    # Every process writes its own RNG states into the folder: it may be completed and renamed only once all have.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).config.save_pretrained(path)
+        unwrapped = accelerator.unwrap_model(model)
+        # What save_pretrained adds beside the weights: the model's class in the config's auto_map and the modeling
+        # file, so that a checkpoint loads through the Auto classes (trust_remote_code=True) like the final model.
+        custom_object_save(unwrapped, path, config=unwrapped.config)
+        unwrapped.config.save_pretrained(path)
         tokenizer.save_pretrained(path)
         save_arguments(args, path)
         final_path = finish_checkpoint(args.output_dir, step, trainer_state)

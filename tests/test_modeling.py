@@ -48,6 +48,7 @@ from pabee import (
     XLMRobertaForSequenceClassificationWithPabee,
 )
 from pabee.modeling_pabee_bert import patience_exit_layers
+from pabee.models import model_family
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELING_FILES = sorted((REPO_ROOT / "pabee").glob("modeling_pabee_*.py"))
@@ -152,7 +153,7 @@ def spread_classifiers(model, seed=0):
 
 def plain_backbone(model):
     """The plain transformers backbone (BertModel, RobertaModel, ...) holding the same weights as `model`'s."""
-    family = model.config.model_type
+    family = model_family(model.config.model_type)
     backbone_class = FAMILIES[family][1]
     if family in HAS_POOLING_LAYER_ARGUMENT:
         backbone = backbone_class(copy.deepcopy(model.config), add_pooling_layer=True)
@@ -175,7 +176,7 @@ def plain_pool(model, backbone, hidden_states, attention_mask, exit_pooling):
     if exit_pooling == "mean":
         weights = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
         return (hidden_states * weights).sum(1) / weights.sum(1)
-    family = model.config.model_type
+    family = model_family(model.config.model_type)
     if family in ADDED_POOLER_ACTIVATIONS:
         dense = model.base_model.pooler.dense
         return ADDED_POOLER_ACTIVATIONS[family](hidden_states[:, 0] @ dense.weight.T + dense.bias)
@@ -407,7 +408,7 @@ def test_patience_zero_equals_plain_backbone_and_last_classifier(variant, exit_p
 
     backbone = plain_backbone(model)
     backbone_out = backbone(**plain_inputs(input_ids, attention_mask, token_type_ids))
-    if exit_pooling == "pooler" and model.config.model_type not in ADDED_POOLER_ACTIVATIONS:
+    if exit_pooling == "pooler" and model_family(model.config.model_type) not in ADDED_POOLER_ACTIVATIONS:
         pooled = backbone_out.pooler_output
     else:
         pooled = plain_pool(model, backbone, backbone_out.last_hidden_state, attention_mask, exit_pooling)

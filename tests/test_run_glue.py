@@ -608,7 +608,7 @@ def test_other_families_train_sweep_and_predict(models, glue, tmp_path, model_ty
 
     pabee_class = run_glue_with_pabee.MODEL_CLASSES[model_type]
     model = pabee_class.from_pretrained(output_dir).eval()
-    assert model.config.model_type == model_type and model.config.num_labels == 2
+    assert model.config.model_type == f"pabee_{model_type}" and model.config.num_labels == 2
     prefix = {"xlm-roberta": "roberta"}.get(model_type, model_type)
     assert {key.split(".")[0] for key in load_file(output_dir / "model.safetensors")} == {prefix, "classifiers"}
     # Token types reach only the family that has them (ELECTRA); RoBERTa's and DistilBERT's features hold none.
@@ -649,7 +649,9 @@ def test_albert_reference_commands(models, glue, tmp_path):
     run_main([*common, "--model_name_or_path", output_dir, "--do_eval", "--output_dir", output_dir,
               "--per_gpu_eval_batch_size", "1", "--patience", "3,4,5,6,7,8"])
 
-    assert json.loads((output_dir / "config.json").read_text())["model_type"] == "albert"
+    saved_config = json.loads((output_dir / "config.json").read_text())
+    assert saved_config["model_type"] == "pabee_albert"  # ALBERT with its PABEE settings; read as --model_type albert
+    assert saved_config["auto_map"]["AutoConfig"] == "modeling_pabee_albert.PabeeAlbertConfig"
     assert (output_dir / "checkpoint-5" / "optimizer.bin").is_file()
     runs = read_runs(output_dir)
     # Evaluations during training (steps 2 and 4), the final evaluation of the training run, then inference.

@@ -134,6 +134,9 @@ def test_torchrun_two_processes(setup, tmp_path):
     assert len(runs) == 1 and len(runs[0]["entries"]) == 4
     assert sorted(name for name in os.listdir(output_dir) if name.startswith("checkpoint-")) == [
         "checkpoint-3", "checkpoint-6"]
+    # Each process's RNG states are in each checkpoint: the folder is completed only once both have written theirs.
+    for checkpoint in ("checkpoint-3", "checkpoint-6"):
+        assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(output_dir / checkpoint))
     assert len(list((output_dir / "runs").iterdir())) == 1
     # The learning rate decays linearly over the 6 steps: half-way at step 3, whatever the number of processes.
     scheduler = torch.load(output_dir / "checkpoint-3" / "scheduler.bin", weights_only=True)

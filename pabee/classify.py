@@ -1,0 +1,217 @@
+"""Try a trained PABEE model on your own sentences: the label, its probability and the exit layer of each input.
+
+    python -m pabee.classify --model output/demo "a gripping, funny film" "dull and far too long"
+    python -m pabee.classify --model output/demo --file reviews.txt --patience 2   # one text per line
+    printf 'A man plays.\\tSomeone plays.\\n' | python -m pabee.classify --model output/mrpc   # pairs: tab-separated
+
+Texts come from the arguments, else from --file, else from standard input: one text, or a tab-separated sentence pair,
+per line (blank lines are skipped). The model answers with early exit at the patience saved with it, or --patience.
+Inputs run in batches of --batch_size, with the same answers as one at a time. One line is printed per input, in
+order: label (the config's label names where it has them), probability, exit layer out of the model's layers, the
+input; a regression model prints its score instead of a label and a probability.
+"""
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+from safetensors import SafetensorError
+from transformers import AutoTokenizer
+from transformers.utils import logging as transformers_logging
+
+from .glue import get_task, is_sentence_pair_task
+from .models import MODEL_CLASSES, load_pabee_config, max_model_length
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The model's answer for one input: class id (None for regression), its probability or the score, exit layer."""
+
+    label_id: int | None
+    value: float
+    exit_layer: int
+
+
+class InputError(Exception):
+    """Bad input, reported as one line without a traceback."""
+
+
+def load_model(path):
+    """The trained PABEE model (in evaluation mode) and tokenizer saved in folder `path`."""
+    if not os.path.isdir(path):
+        raise InputError(f"--model {path}: no such folder")
+    try:
+        config, family = load_pabee_config(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"no PABEE model in {path}: {first_line(error)}")
+    # Quietly: no progress bars, and no transformers warnings (a backbone given by mistake is reported below).
+    verbosity, progress_bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        # With the config given, AutoTokenizer does not read it again through AutoConfig (which would ask whether to
+        # run the folder's copy of the modeling code).
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config)
+        model, loading_info = MODEL_CLASSES[family].from_pretrained(path, config=config, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # missing or damaged files
+        raise InputError(f"cannot load the model in {path}: {first_line(error)}")
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
+    missing = sorted(loading_info["missing_keys"])
+    if missing:
+        raise InputError(f"{path} holds no trained PABEE classifiers (missing {missing[0]}): it is a backbone to "
+                         f"fine-tune with run_glue_with_pabee.py, not a trained model")
+    return model.eval(), tokenizer
+
+
+def read_inputs(lines, where):
+    """
+    (text, text_b or None) per non-blank line; a tab separates the two texts of a pair. `where` names a line in
+    errors: a format string taking its 1-based number.
+    """
+    inputs = []
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        texts = line.split("\t")
+        if len(texts) > 2 or not all(text.strip() for text in texts):
+            raise InputError(f"{where.format(number)}: expected a text or two tab-separated texts, got {line!r}")
+        inputs.append((texts[0], texts[1] if len(texts) == 2 else None))
+    return inputs
+
+
+def check_input_kind(inputs, config):
+    """
+    All inputs single texts or all pairs; and, for a model fine-tuned on a GLUE task, the kind the task takes (the
+    training script saves the task's name in `config.finetuning_task`).
+    """
+    pairs = inputs[0][1] is not None
+    for number, (_, text_b) in enumerate(inputs, start=1):
+        if (text_b is not None) != pairs:
+            raise InputError(f"input {number}: the inputs mix single texts and tab-separated pairs; give one kind")
+    try:
+        task = get_task(getattr(config, "finetuning_task", None) or "")
+    except ValueError:  # not fine-tuned on a GLUE task this project knows: either kind may be right
+        return
+    if pairs != is_sentence_pair_task(task):
+        given = "a tab-separated pair" if pairs else "a single text"
+        expected = "sentence pairs (two texts per line, tab-separated)" if not pairs else "single texts (no tab)"
+        raise InputError(f"input 1 is {given}, but the model was fine-tuned on {task.name}, which takes {expected}")
+
+
+@torch.no_grad()
+def classify(model, tokenizer, inputs, patience=None, batch_size=32, max_length=None):
+    """The model's `Answer` for each (text, text_b or None) of `inputs`, in order, run `batch_size` at a time."""
+    device = next(model.parameters()).device
+    answers = []
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size]
+        texts_b = [text_b for _, text_b in batch]
+        encoded = tokenizer(
+            [text for text, _ in batch],
+            texts_b if any(text_b is not None for text_b in texts_b) else None,
+            padding=True,
+            truncation=True,
+            max_length=max_length or max_model_length(model.config),
+            return_tensors="pt",
+        ).to(device)
+        output = model(**encoded, patience=patience)
+        if model.config.num_labels == 1:
+            values, label_ids = output.logits[:, 0].tolist(), [None] * len(batch)
+        else:
+            probabilities, ids = output.logits.float().softmax(dim=-1).max(dim=-1)
+            values, label_ids = probabilities.tolist(), ids.tolist()
+        answers += [Answer(*fields) for fields in zip(label_ids, values, output.exit_layers.tolist())]
+    return answers
+
+
+def label_name(config, label_id):
+    """The config's name for a class ("entailment"), or its id where the names are transformers' LABEL_0 defaults."""
+    name = (config.id2label or {}).get(label_id)
+    return str(label_id) if name is None or name == f"LABEL_{label_id}" else str(name)
+
+
+def format_answers(config, inputs, answers):
+    num_layers = config.num_hidden_layers
+    regression = config.num_labels == 1
+    lines = ["score\texit layer\tinput" if regression else "label\tprobability\texit layer\tinput"]
+    for (text, text_b), answer in zip(inputs, answers):
+        shown = text if text_b is None else f"{text}\t{text_b}"
+        exit_layer = f"{answer.exit_layer}/{num_layers}"
+        if regression:
+            lines.append(f"{answer.value:.3f}\t{exit_layer}\t{shown}")
+        else:
+            lines.append(f"{label_name(config, answer.label_id)}\t{answer.value:.3f}\t{exit_layer}\t{shown}")
+    return "\n".join(lines)
+
+
+def first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pabee.classify", description=__doc__.split("\n\n")[0])
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, without the usage
+    parser.add_argument("texts", nargs="*",
+                        help="Texts to classify; a sentence pair is two texts joined by a tab. Default: the lines "
+                             "of --file, else of standard input.")
+    parser.add_argument("--model", required=True,
+                        help="Folder of a trained PABEE model, as run_glue_with_pabee.py saves it (e.g. output/demo).")
+    parser.add_argument("--file", default=None,
+                        help="Read the inputs from this file: one text, or two tab-separated texts, per line.")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="Patience of the early exit (0: every layer). Default: the one saved with the model.")
+    parser.add_argument("--batch_size", type=int, default=32,
+                        help="Inputs run together; the answers are the same at any batch size.")
+    parser.add_argument("--max_seq_length", type=int, default=None,
+                        help="Longer inputs are truncated to this many tokens. Default: the model's maximum.")
+    args = parser.parse_args(argv)
+    if args.texts and args.file:
+        parser.error("give texts as arguments or --file, not both")
+    if args.patience is not None and args.patience < 0:
+        parser.error(f"--patience must be >= 0 (0 runs every layer), got {args.patience}")
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.max_seq_length is not None and args.max_seq_length < 2:
+        parser.error(f"--max_seq_length must be >= 2, got {args.max_seq_length}")
+    return args
+
+
+def gather_inputs(args):
+    if args.texts:
+        return read_inputs(args.texts, "argument {}")
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8") as file:
+                return read_inputs(file, f"{args.file}, line {{}}")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"cannot read --file {args.file}: {first_line(error)}")
+    if sys.stdin.isatty():
+        raise InputError("no input: give texts as arguments, --file, or lines on standard input")
+    return read_inputs(sys.stdin, "standard input, line {}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        inputs = gather_inputs(args)
+        if not inputs:
+            raise InputError("no input: only blank lines; give one text (or tab-separated pair) per line")
+        model, tokenizer = load_model(args.model)
+        check_input_kind(inputs, model.config)
+        if torch.cuda.is_available():
+            model = model.cuda()
+        answers = classify(model, tokenizer, inputs, args.patience, args.batch_size, args.max_seq_length)
+    except InputError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(format_answers(model.config, inputs, answers))
+    return answers
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The PABEE model classes by backbone family, and the config of a model folder in the family's PABEE config class.
+
+A pretrained backbone's config.json says `"model_type": "bert"` (or "albert", "roberta", ...); a PABEE model saved
+from these classes says "pabee_bert" (see `PabeeBertConfig`), so that transformers' Auto classes do not take it for
+a plain BERT. Both load into the same class, and the family (the backbone's model type) is what the training script's
+`--model_type` names.
+
+    config, family = load_pabee_config("output/demo")
+    model = MODEL_CLASSES[family].from_pretrained("output/demo", config=config)
+"""
+
+from transformers import PreTrainedConfig
+
+from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee
+from .modeling_pabee_bert import BertForSequenceClassificationWithPabee
+from .modeling_pabee_distilbert import DistilBertForSequenceClassificationWithPabee
+from .modeling_pabee_electra import ElectraForSequenceClassificationWithPabee
+from .modeling_pabee_roberta import RobertaForSequenceClassificationWithPabee
+from .modeling_pabee_xlm_roberta import XLMRobertaForSequenceClassificationWithPabee
+
+# Keyed by the backbone's model_type
+MODEL_CLASSES = {
+    "bert": BertForSequenceClassificationWithPabee,
+    "albert": AlbertForSequenceClassificationWithPabee,
+    "roberta": RobertaForSequenceClassificationWithPabee,
+    "xlm-roberta": XLMRobertaForSequenceClassificationWithPabee,
+    "distilbert": DistilBertForSequenceClassificationWithPabee,
+    "electra": ElectraForSequenceClassificationWithPabee,
+}
+
+
+def model_family(model_type):
+    """The family of a `model_type`: a backbone's ("bert") or a saved PABEE model's ("pabee_bert"); else None."""
+    for family, model_class in MODEL_CLASSES.items():
+        if model_type in (family, model_class.config_class.model_type):
+            return family
+    return None
+
+
+def load_pabee_config(path, **kwargs):
+    """
+    The config at `path` (a folder or a Hub name; `kwargs` go to `from_pretrained`, e.g. `cache_dir`) as its family's
+    PABEE config (a backbone's gets the default PABEE settings), and the family. Raises `OSError` when there is no
+    config to read and `ValueError` when its model type has no PABEE class.
+    """
+    config_dict = PreTrainedConfig.get_config_dict(path, **kwargs)[0]
+    if not config_dict:  # what a folder without config.json gives
+        raise OSError(f"no config.json in {path}")
+    model_type = config_dict.get("model_type")
+    family = model_family(model_type)
+    if family is None:
+        raise ValueError(f"{path} holds a {model_type!r} model; supported model types: {', '.join(MODEL_CLASSES)}")
+    return MODEL_CLASSES[family].config_class.from_pretrained(path, **kwargs), family
+
+
+def max_model_length(config):
+    """
+    The longest input the model's position embeddings cover. RoBERTa and XLM-RoBERTa number positions from
+    pad_token_id + 1, so they cover pad_token_id + 1 fewer tokens than they have positions (512 of 514).
+    """
+    if model_family(config.model_type) in ("roberta", "xlm-roberta"):
+        return config.max_position_embeddings - config.pad_token_id - 1
+    return config.max_position_embeddings

@@ -204,6 +204,10 @@ def main(argv=None):
             raise InputError("no input: only blank lines; give one text (or tab-separated pair) per line")
         model, tokenizer = load_model(args.model)
         check_input_kind(inputs, model.config)
+        longest = max_model_length(model.config)
+        if args.max_seq_length is not None and args.max_seq_length > longest:
+            raise InputError(f"--max_seq_length {args.max_seq_length} is more than the {longest} tokens the model in "
+                             f"{args.model} takes")
         if torch.cuda.is_available():
             model = model.cuda()
         answers = classify(model, tokenizer, inputs, args.patience, args.batch_size, args.max_seq_length)

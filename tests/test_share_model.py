@@ -400,7 +400,8 @@ def test_classify_bad_flags_are_one_line(argv, words, trained_folder, capsys):
 
 
 @pytest.mark.parametrize("case", ["no such folder", "empty folder", "backbone only", "pair to single-sentence model",
-                                  "single text to pair model", "mixed", "only blank lines", "three columns"])
+                                  "single text to pair model", "mixed", "only blank lines", "three columns",
+                                  "longer than the model's positions"])
 def test_classify_errors_are_one_line(case, trained_folder, tmp_path, capsys, monkeypatch):
     model_folder, texts, words = {
         "no such folder": (tmp_path / "absent", ["a film"], ["absent", "no such folder"]),
@@ -412,6 +413,9 @@ def test_classify_errors_are_one_line(case, trained_folder, tmp_path, capsys, mo
         "mixed": (trained_folder, ["a film", "a film\tanother"], ["input 2", "mix"]),
         "only blank lines": (trained_folder, None, ["no input", "blank"]),
         "three columns": (trained_folder, ["a\tb\tc"], ["argument 1", "two tab-separated texts"]),
+        # 65 tokens for a model with 64 positions: without the check, truncating to 65 fails inside the embeddings
+        "longer than the model's positions": (trained_folder, ["--max_seq_length", "65", " ".join(["film"] * 70)],
+                                              ["--max_seq_length 65", "64 tokens"]),
     }[case]
     if model_folder is None:
         model_folder = save_tiny_model(tmp_path / "mrpc", "bert")

@@ -161,8 +161,9 @@ def parse_args(argv=None):
     model.add_argument("--exit_pooling", type=str, default=None, choices=("pooler", "mean"),
                        help="What each internal classifier reads from its layer: 'pooler' (the backbone's pretrained "
                             "pooler over the first token, as in the paper) or 'mean' (the mean of the layer's hidden "
-                            "states over real tokens). Default: the model's config, else 'pooler'. Training only: "
-                            "a trained model keeps the pooling it was trained with.")
+                            "states over real tokens; BERT's and ALBERT's pretrained pooler is then kept as it is, "
+                            "untrained). Default: the model's config, else 'pooler'. Training only: a trained model "
+                            "keeps the pooling it was trained with.")
     model.add_argument("--layer_loss_weights", type=str, default=None, choices=("linear", "uniform", "last"),
                        help="Weights of the per-layer losses in training: 'linear' (layer i weighs i, as in the "
                             "paper; the default), 'uniform', or 'last' (the last layer only: plain fine-tuning, "
@@ -548,7 +549,8 @@ def run(args):
     if args.fp16 and (args.no_cuda or not torch.cuda.is_available()):
         raise InputError("--fp16 needs a CUDA GPU; use --bf16 for mixed precision on the CPU")
     accelerator = Accelerator(
-        cpu=args.no_cuda,
+        # Without CUDA, accelerate makes each process of a torchrun its own single-process run unless told `cpu`.
+        cpu=args.no_cuda or not torch.cuda.is_available(),
         mixed_precision="fp16" if args.fp16 else "bf16" if args.bf16 else "no",
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         # Seeded per-epoch shuffling, so a resumed run sees its epoch in the same order as the interrupted one.

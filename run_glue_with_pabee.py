@@ -65,7 +65,14 @@ from pabee.glue import (
     main_metric_name,
     read_glue_split,
 )
-from pabee.models import MODEL_CLASSES, load_pabee_config, max_model_length, model_family
+from pabee.models import (
+    MODEL_CLASSES,
+    TOKENIZER_FILES,
+    lacks_tokenizer_files,
+    load_pabee_config,
+    max_model_length,
+    model_family,
+)
 from pabee.sweep import evaluate, exit_settings, log_evaluation, plot_results, write_test_predictions
 from pabee.training import save_arguments, train
 
@@ -414,17 +421,9 @@ def load_model(args, path, for_training):
         raise InputError(f"cannot load the model from {path!r}: {first_line(error)}")
 
 
-# What a model folder holds when it has a tokenizer of its own (WordPiece, sentencepiece, BPE, or the fast
-# tokenizer's single file).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
-                   "vocab.json")
-
-
 def load_tokenizer(args, path, config):
     source = args.tokenizer_name or path
-    # From a model folder without tokenizer files transformers builds an empty tokenizer (its special tokens only,
-    # which maps every word to [UNK]), or none at all for a saved PABEE model.
-    if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, name)) for name in TOKENIZER_FILES):
+    if lacks_tokenizer_files(source):
         raise InputError(f"{source} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): pass the model's "
                          "tokenizer with --tokenizer_name")
     kwargs = {"do_lower_case": True} if args.do_lower_case else {}

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from .glue import get_task, is_sentence_pair_task
-from .models import MODEL_CLASSES, load_pabee_config, max_model_length
+from .models import MODEL_CLASSES, TOKENIZER_FILES, lacks_tokenizer_files, load_pabee_config, max_model_length
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ def load_model(path):
         config, family = load_pabee_config(path)
     except (OSError, ValueError) as error:
         raise InputError(f"no PABEE model in {path}: {first_line(error)}")
+    if lacks_tokenizer_files(path):
+        raise InputError(f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the model's "
+                         f"tokenizer there with its save_pretrained")
     # Quietly: no progress bars, and no transformers warnings (a backbone given by mistake is reported below).
     verbosity, progress_bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()

@@ -59,7 +59,10 @@ from pabee.features import file_identity, load_feature_sets
 from pabee.glue import (
     GLUE_TASKS,
     GlueFormatError,
+    finetuned_task,
     get_task,
+    input_kind,
+    is_sentence_pair_task,
     load_example_file,
     load_hub_glue,
     main_metric_name,
@@ -414,6 +417,11 @@ def load_model(args, path, for_training):
         config.regression_threshold = args.regression_threshold
     elif config.num_labels != task.num_labels:
         raise InputError(f"the model in {path} has {config.num_labels} labels but {task.name} needs {task.num_labels}")
+    else:
+        trained_on = finetuned_task(config)  # another task of the same kind (QNLI for RTE, ...) may be evaluated
+        if trained_on is not None and is_sentence_pair_task(trained_on) != is_sentence_pair_task(task):
+            raise InputError(f"the model in {path} was fine-tuned on {trained_on.name}, which takes "
+                             f"{input_kind(trained_on)}, but {task.name} takes {input_kind(task)}")
     try:
         model_class = MODEL_CLASSES[model_family(config.model_type)]
         return model_class.from_pretrained(path, config=config, cache_dir=args.cache_dir)

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from .glue import get_task, is_sentence_pair_task
+from .glue import finetuned_task, is_sentence_pair_task
 from .models import MODEL_CLASSES, TOKENIZER_FILES, lacks_tokenizer_files, load_pabee_config, max_model_length
 
 
@@ -97,9 +97,8 @@ def check_input_kind(inputs, config):
     for number, (_, text_b) in enumerate(inputs, start=1):
         if (text_b is not None) != pairs:
             raise InputError(f"input {number}: the inputs mix single texts and tab-separated pairs; give one kind")
-    try:
-        task = get_task(getattr(config, "finetuning_task", None) or "")
-    except ValueError:  # not fine-tuned on a GLUE task this project knows: either kind may be right
+    task = finetuned_task(config)
+    if task is None:  # not fine-tuned on a GLUE task this project knows: either kind may be right
         return
     if pairs != is_sentence_pair_task(task):
         given = "a tab-separated pair" if pairs else "a single text"

@@ -2,6 +2,7 @@
 
     python benchmarks/benchmark_speed.py --shapes bert-base,minilm --seq_len 128 --repeats 7 \
         --output benchmarks/results/speed.json
+    python benchmarks/benchmark_speed.py --baseline_revision <commit>   # also time that commit's early exit
 
 Models have random weights (speed does not depend on the values), on the GPU when there is one, else the CPU. The
 exit layers are forced by setting the internal classifiers' weights, and checked against the `exit_layers` the model
@@ -11,6 +12,12 @@ returns. Every comparison is timed inside one run: warm-up first, then the conte
 1. forced_exit_batch1: batch 1, every example exits at layer k (k = 2..L) against the same model at full depth.
    exit_cost_batch1: where that time goes, per layer: the layer itself, its internal classifier, the patience rule.
    Both for each way the classifiers read a layer (--exit_poolings): the pooler (the paper's) and the mean.
+   against_cut_model: early exit at layer k against the fastest way to answer at layer k: transformers' own model cut
+   to its first k layers, with layer k's internal classifier on top (BertForSequenceClassification for the pooler;
+   BertModel, a mean over the attended tokens and the classifier for the mean). Batch 1 at every k, and
+   --eval_batch_size at k = 2, L // 2, L - 1, for each exit pooling; with --baseline_revision, the early exit of the
+   modeling file of that git commit is timed in the same rounds (before and after a change, in one run). Each
+   forward's operator calls are counted too; --operators_only counts them without timing anything.
 2. batched_early_exit: batches of examples whose exit layers spread over patience+1..L, against full depth; and
    early exit at batch 32 against the same examples one at a time.
 3. full_depth_vs_transformers: patience 0 against transformers' BertForSequenceClassification, same weights.
@@ -22,17 +29,21 @@ returns. Every comparison is timed inside one run: warm-up first, then the conte
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from statistics import median
 
 import torch
 import transformers
-from transformers import BertConfig, BertForSequenceClassification
+from torch import nn
+from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, when run as a script
 from pabee.modeling_pabee_bert import (  # noqa: E402
@@ -48,11 +59,14 @@ SHAPES = {
     "tiny": dict(num_hidden_layers=4, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=99),
 }
 # One thread in the smoke run: tiny operators on several threads crawl when other processes hold the cores.
-TINY_SETTINGS = dict(shapes=["tiny"], train_shapes=["tiny"], seq_len=16, repeats=2, batch_sizes=[2, 4, 8],
-                     eval_batch_size=8, num_threads=1)
+TINY_SETTINGS = dict(shapes=["tiny"], train_shapes=["tiny"], seq_len=16, repeats=2, cut_repeats=2,
+                     batch_sizes=[2, 4, 8], eval_batch_size=8, num_threads=1)
+SECTIONS = ["forced_exit_batch1", "exit_cost_batch1", "against_cut_model", "batched_early_exit",
+            "full_depth_vs_transformers", "eval_peak_memory", "training_step"]
 TARGETS = {
     "forced_exit_batch1": "efficiency >= 0.97 at every exit layer",
     "exit_cost_batch1": "(what limits forced_exit_batch1: a breakdown, no target of its own)",
+    "against_cut_model": "cut model time / early exit time >= 0.97 at every exit layer at batch 1",
     "batched_early_exit": "efficiency >= 0.95 at batch 32",
     "full_depth_vs_transformers": "time ratio <= 1.02",
     "training_step": "time ratio <= 1.10",
@@ -72,6 +86,12 @@ def parse_args(argv=None):
                              "first token; mean: over all tokens). The other sections use the pooler.")
     parser.add_argument("--seq_len", type=int, default=128, help="Sequence length of every input (no padding).")
     parser.add_argument("--repeats", type=int, default=7, help="Timed rounds per comparison; the median is reported.")
+    parser.add_argument("--cut_repeats", type=int, default=31,
+                        help="Timed rounds of the batch-1 comparisons with the cut model (differences of a few "
+                             "percent: more rounds than --repeats).")
+    parser.add_argument("--baseline_revision", default=None,
+                        help="A git commit (or branch) of this repository whose pabee/modeling_pabee_bert.py is timed "
+                             "beside the current one against the cut model, in the same rounds.")
     parser.add_argument("--batch_sizes", default="8,32,128",
                         help="Comma-separated batch sizes for the batched early-exit section.")
     parser.add_argument("--eval_batch_size", type=int, default=32,
@@ -81,6 +101,12 @@ def parse_args(argv=None):
                         help="torch.set_num_threads before timing. Default: torch's own choice. On a loaded CPU, "
                              "fewer threads than cores avoids threads waiting on each other.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for weights, inputs and exit layers.")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"Comma-separated sections to run, from: {', '.join(SECTIONS)}. Default: all. "
+                             "eval_peak_memory uses the examples of batched_early_exit, so needs it.")
+    parser.add_argument("--operators_only", action="store_true",
+                        help="Run only section 1c (against_cut_model) and time nothing: count the operators each "
+                             "forward dispatches (the same on a loaded machine as on a quiet one).")
     parser.add_argument("--output", default="benchmarks/results/speed.json", help="Where to write the JSON results.")
     parser.add_argument("--tiny", action="store_true",
                         help="Tiny shapes (4 layers, hidden 32, length 16, 2 repeats, batches 2,4,8): a smoke run of "
@@ -92,6 +118,11 @@ def parse_args(argv=None):
     args.train_shapes = args.train_shapes.split(",") if args.train_shapes else None
     args.batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     args.exit_poolings = args.exit_poolings.split(",")
+    args.sections = ["against_cut_model"] if args.operators_only else args.sections.split(",")
+    if not set(args.sections) <= set(SECTIONS):
+        parser.error(f"--sections: choose from {', '.join(SECTIONS)}; got {','.join(args.sections)}")
+    if "eval_peak_memory" in args.sections and "batched_early_exit" not in args.sections:
+        parser.error("--sections: eval_peak_memory measures the examples of batched_early_exit: add it")
     if not set(args.exit_poolings) <= {"pooler", "mean"}:
         parser.error(f"--exit_poolings: choose from pooler, mean; got {','.join(args.exit_poolings)}")
     if args.tiny:
@@ -99,8 +130,8 @@ def parse_args(argv=None):
     for shape in args.shapes + (args.train_shapes or []):
         if shape not in SHAPES:
             parser.error(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
-    if args.repeats < 1 or args.seq_len < 1 or args.eval_batch_size < 1 or min(args.batch_sizes) < 1:
-        parser.error("--repeats, --seq_len, --eval_batch_size and --batch_sizes must be positive")
+    if min(args.repeats, args.cut_repeats, args.seq_len, args.eval_batch_size, *args.batch_sizes) < 1:
+        parser.error("--repeats, --cut_repeats, --seq_len, --eval_batch_size and --batch_sizes must be positive")
     return args
 
 
@@ -135,6 +166,14 @@ def compare(fns, repeats, device):
     return times
 
 
+def operator_calls(fn):
+    """How many aten operators one call of `fn` dispatches (nested ones included), counted by torch.profiler: the
+    number that per-operator latency multiplies, the same on a quiet machine as on a loaded one."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(event.count for event in prof.key_averages() if event.key.startswith("aten::"))
+
+
 def inference(model, input_ids, attention_mask, **kwargs):
     with torch.inference_mode():
         return model(input_ids, attention_mask=attention_mask, **kwargs)
@@ -158,6 +197,57 @@ def copy_weights_to_plain(pabee, plain):
     state = {key: value for key, value in pabee.state_dict().items() if not key.startswith("classifiers.")}
     state.update({f"classifier.{key}": value for key, value in pabee.classifiers[-1].state_dict().items()})
     plain.load_state_dict(state)
+
+
+class MeanPooledClassifier(nn.Module):
+    """transformers' BertModel without its pooler, the mean of its last hidden states over the attended tokens, and a
+    linear classifier: the plain model a mean-pooling exit answers like."""
+
+    def __init__(self, backbone, classifier):
+        super().__init__()
+        self.bert, self.classifier = backbone, classifier
+
+    def forward(self, input_ids, attention_mask):
+        hidden_states = self.bert(input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+        return self.classifier((hidden_states * weights).sum(dim=1) / weights.sum(dim=1))
+
+
+def make_cut_model(model, exit_layer):
+    """
+    transformers' classifier cut to the first `exit_layer` layers of `model`, with the internal classifier of layer
+    `exit_layer` on top, reading what it reads (`model.config.exit_pooling`): the least work that answers there.
+    """
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = exit_layer
+    pooler_exit = model.config.exit_pooling == "pooler"
+    state = {key: value for key, value in model.base_model.state_dict().items()
+             if not (key.startswith("encoder.layer.") and int(key.split(".")[2]) >= exit_layer)
+             and (pooler_exit or not key.startswith("pooler."))}
+    classifier = copy.deepcopy(model.classifiers[exit_layer - 1])
+    if pooler_exit:
+        cut = BertForSequenceClassification(config)
+        cut.classifier = classifier
+    else:
+        cut = MeanPooledClassifier(BertModel(config, add_pooling_layer=False), classifier)
+    cut.bert.load_state_dict(state)
+    return cut.to(model.device).eval()
+
+
+def load_baseline_model_class(revision):
+    """BertForSequenceClassificationWithPabee as pabee/modeling_pabee_bert.py defines it at git commit `revision`."""
+    repo_root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{revision}:pabee/modeling_pabee_bert.py"], cwd=repo_root,
+                            capture_output=True, text=True)
+    if source.returncode != 0:
+        raise SystemExit(f"--baseline_revision {revision}: {source.stderr.strip()}")
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as file:
+        file.write(source.stdout)
+    spec = importlib.util.spec_from_file_location("baseline_modeling_pabee_bert", file.name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.unlink(file.name)
+    return module.BertForSequenceClassificationWithPabee
 
 
 def make_inputs(batch_size, seq_len, vocab_size, seed, device):
@@ -305,7 +395,8 @@ def bench_exit_cost(model, args, device):
             if previous_predictions is not None:
                 counters = update_patience_counters(counters, previous_predictions, predictions, threshold)
             previous_predictions = predictions
-            bool((counters == patience).any())  # the exit test, which the loop needs on the host
+            if index >= patience:  # the exit test, which the loop needs on the host, where a counter can reach it
+                int(counters.max())
             seconds["layers"] += layer_done - start
             seconds["classifiers"] += classifier_done - layer_done
             seconds["exit_rule"] += clock() - classifier_done
@@ -337,6 +428,65 @@ def bench_exit_cost(model, args, device):
     row["instrumented_over_forward"] = part["total"] / median(forward_times)
     print_table("1b. where batch-1 early exit spends its time, per layer", [row], list(row))
     return {**row, "seconds": {"instrumented": parts, "forward": forward_times}}
+
+
+def bench_against_cut_model(model, args, device, baseline=None):
+    """
+    Section 1c: early exit at layer k (constant classifiers, patience k - 1) against transformers' model cut to k
+    layers with layer k's classifier on top (`make_cut_model`), interleaved: batch 1 at every k, and
+    `--eval_batch_size` (every example exiting at k) at k = 2, L // 2, L - 1. `baseline`, when given, is the same model
+    under an earlier revision's code, timed in the same rounds.
+    """
+    num_layers = model.config.num_hidden_layers
+    set_constant_classifiers(model)
+    with torch.no_grad():  # small weights keep class 0 but make the logits depend on what the classifier reads
+        generator = torch.Generator().manual_seed(args.seed)
+        for classifier in model.classifiers:
+            classifier.weight.copy_(1e-3 * torch.randn(classifier.weight.shape, generator=generator))
+    if baseline is not None:
+        baseline.load_state_dict(model.state_dict())
+        baseline.config.exit_pooling = model.config.exit_pooling
+    rows = []
+    for batch_size in sorted({1, args.eval_batch_size}):
+        input_ids, attention_mask = make_inputs(batch_size, args.seq_len, model.config.vocab_size, args.seed, device)
+        exit_layers = range(2, num_layers + 1) if batch_size == 1 else sorted({2, num_layers // 2, num_layers - 1})
+        for exit_layer in exit_layers:
+            patience = exit_layer - 1
+            cut = make_cut_model(model, exit_layer)
+            early = inference(model, input_ids, attention_mask, patience=patience)
+            check_exit_layers(early.exit_layers.cpu(), torch.full((batch_size,), exit_layer), f"exit at {exit_layer}")
+            cut_logits = inference(cut, input_ids, attention_mask)
+            cut_logits = getattr(cut_logits, "logits", cut_logits)
+            if not torch.allclose(early.logits, cut_logits, atol=1e-5, rtol=1e-4):
+                raise RuntimeError(f"early exit at layer {exit_layer} and the cut model disagree: {early.logits} vs "
+                                   f"{cut_logits}")
+            fns = {"cut_model": lambda: inference(cut, input_ids, attention_mask),
+                   "early_exit": lambda p=patience: inference(model, input_ids, attention_mask, patience=p)}
+            if baseline is not None:
+                fns["baseline_early_exit"] = lambda p=patience: inference(baseline, input_ids, attention_mask,
+                                                                          patience=p)
+            row = {"batch_size": batch_size, "exit_layer": exit_layer, "patience": patience}
+            row.update({f"{name}_operators": operator_calls(fn) for name, fn in fns.items()})
+            if args.operators_only:
+                rows.append(row)
+                continue
+            times = compare(fns, args.cut_repeats if batch_size == 1 else args.repeats, device)
+            row.update({"cut_model_time_s": median(times["cut_model"]), "early_exit_time_s": median(times["early_exit"])})
+            row["cut_over_early_exit"] = row["cut_model_time_s"] / row["early_exit_time_s"]
+            if baseline is not None:
+                row["baseline_time_s"] = median(times["baseline_early_exit"])
+                row["cut_over_baseline"] = row["cut_model_time_s"] / row["baseline_time_s"]
+                row["baseline_over_early_exit"] = row["baseline_time_s"] / row["early_exit_time_s"]
+            rows.append({**row, "times_s": times})
+            del cut
+    columns = ["batch_size", "exit_layer", "cut_model_operators", "early_exit_operators"]
+    columns += ["baseline_early_exit_operators"] if baseline is not None else []
+    if not args.operators_only:
+        columns += ["cut_model_time_s", "early_exit_time_s", "cut_over_early_exit"]
+        columns += ["baseline_time_s", "cut_over_baseline", "baseline_over_early_exit"] if baseline is not None else []
+    print_table("1c. early exit at layer k vs transformers' model cut to k layers", rows, columns)
+    return {"cut_model": "BertForSequenceClassification" if model.config.exit_pooling == "pooler" else
+            "BertModel without pooler + mean over attended tokens + linear", "rows": rows}
 
 
 def bench_batched_early_exit(model, args, device):
@@ -517,28 +667,40 @@ def main(argv=None):
 def run_benchmark(args):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train_shapes = args.train_shapes or (args.shapes if device.type == "cuda" or args.tiny else ["minilm"])
+    baseline_class = load_baseline_model_class(args.baseline_revision) if args.baseline_revision else None
     results = {"machine": machine_info(device), "settings": {**vars(args), "train_shapes": train_shapes},
-               "targets": TARGETS, "forced_exit_batch1": {}, "exit_cost_batch1": {}, "batched_early_exit": {},
-               "full_depth_vs_transformers": {}, "training_step": {}, "eval_peak_memory": {}}
+               "targets": TARGETS, "forced_exit_batch1": {}, "exit_cost_batch1": {}, "against_cut_model": {},
+               "batched_early_exit": {}, "full_depth_vs_transformers": {}, "training_step": {},
+               "eval_peak_memory": {}}
     print(f"***** PABEE speed benchmark on {device} ({results['machine']['cpu_model']}, "
           f"{torch.get_num_threads()} threads) *****", flush=True)
 
     for shape in args.shapes:
         print(f"\n===== {shape}: {SHAPES[shape]}, sequence length {args.seq_len} =====", flush=True)
         model, plain = make_models(shape, args.seed, device)
-        results["forced_exit_batch1"][shape], results["exit_cost_batch1"][shape] = {}, {}
+        baseline = baseline_class(copy.deepcopy(model.config)).to(device).eval() if baseline_class else None
+        for section in ("forced_exit_batch1", "exit_cost_batch1", "against_cut_model"):
+            results[section][shape] = {}
         for pooling in args.exit_poolings:
             print(f"\n  --- internal classifiers over the {pooling} ---", flush=True)
             model.config.exit_pooling = pooling
-            results["forced_exit_batch1"][shape][pooling] = bench_forced_exit(model, args, device)
-            results["exit_cost_batch1"][shape][pooling] = bench_exit_cost(model, args, device)
+            if "forced_exit_batch1" in args.sections:
+                results["forced_exit_batch1"][shape][pooling] = bench_forced_exit(model, args, device)
+            if "exit_cost_batch1" in args.sections:
+                results["exit_cost_batch1"][shape][pooling] = bench_exit_cost(model, args, device)
+            if "against_cut_model" in args.sections:
+                results["against_cut_model"][shape][pooling] = bench_against_cut_model(model, args, device, baseline)
+        del baseline
         model.config.exit_pooling = "pooler"
-        results["batched_early_exit"][shape], spread_inputs = bench_batched_early_exit(model, args, device)
-        results["full_depth_vs_transformers"][shape] = bench_against_transformers(model, plain, args, device)
-        results["eval_peak_memory"][shape] = bench_eval_memory(model, plain, spread_inputs, device)
+        if "batched_early_exit" in args.sections:
+            results["batched_early_exit"][shape], spread_inputs = bench_batched_early_exit(model, args, device)
+        if "full_depth_vs_transformers" in args.sections:
+            results["full_depth_vs_transformers"][shape] = bench_against_transformers(model, plain, args, device)
+        if "eval_peak_memory" in args.sections:
+            results["eval_peak_memory"][shape] = bench_eval_memory(model, plain, spread_inputs, device)
         del model, plain
 
-    for shape in train_shapes:
+    for shape in train_shapes if "training_step" in args.sections else []:
         print(f"\n===== training step: {shape}, batch {args.eval_batch_size}, length {args.seq_len} =====", flush=True)
         results["training_step"][shape] = bench_training(shape, args, device)
 

@@ -202,7 +202,7 @@ def update_patience_counters(counters, previous_predictions, predictions, regres
         unchanged = (predictions - previous_predictions).abs() < regression_threshold
     else:
         unchanged = predictions == previous_predictions
-    return (counters + 1) * unchanged  # a change resets the counter to 0
+    return (counters + 1).masked_fill_(~unchanged, 0)  # a change resets the counter to 0
 
 
 # Copied from pabee.modeling_pabee_bert.patience_exit_layers
@@ -288,7 +288,7 @@ def drop_padding_columns(hidden_states, attention_mask):
     and every other operation is per position, so the remaining positions compute exactly what they did before; as
     examples leave the batch the longest remaining one sets the length.
     """
-    if attention_mask is None:
+    if attention_mask is None or attention_mask[:, -1].any():  # nothing to drop, as for unpadded inputs
         return hidden_states, attention_mask
     length = int(attention_mask.any(dim=0).nonzero().max()) + 1 if attention_mask.any() else 1
     return hidden_states[:, :length], attention_mask[:, :length]
@@ -343,8 +343,10 @@ class AlbertModelWithPabee(AlbertModel):
     def pool(self, hidden_states, pooling_weights):
         """What an internal classifier reads from a layer's hidden states: `(batch_size, hidden_size)`."""
         if getattr(self.config, "exit_pooling", "pooler") == "mean":
-            return torch.matmul(pooling_weights, hidden_states).squeeze(1)  # (batch, 1, seq) @ (batch, seq, hidden)
-        return self.pooler_activation(self.pooler(hidden_states[:, 0]))
+            return torch.bmm(pooling_weights, hidden_states).squeeze(1)  # (batch, 1, seq) @ (batch, seq, hidden)
+        # `AlbertModel`'s pooler (dense + tanh over the first token) as functions: at batch size 1 its module calls
+        # cost about as much as its arithmetic, after every layer.
+        return nn.functional.linear(hidden_states[:, 0], self.pooler.weight, self.pooler.bias).tanh_()
 
 
 # Copied from pabee.modeling_pabee_bert.mean_pooling_weights
@@ -496,17 +498,18 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
         """
         backbone = self.base_model
         num_layers = len(self.classifiers)
-        batch_size = hidden_states.shape[0]
+        by_patience = exit_criterion == "patience"
         # With patience 0, or patience >= num_layers - 1 (the counter reaches num_layers - 1 at the last layer at the
         # earliest, whose answer full depth gives anyway), nobody exits early: skip the intermediate classifiers so
         # full depth costs what the plain model costs.
-        can_exit_early = 0 < patience < num_layers - 1 if exit_criterion == "patience" else num_layers > 1
+        can_exit_early = 0 < patience < num_layers - 1 if by_patience else num_layers > 1
+        # The exit test reads the counters on the host (on a GPU, a wait for the device): skip it while no counter can
+        # have reached the patience. A counter starts at 0 at layer 1 (index 0) and grows by at most 1 a layer.
+        next_exit_test = patience if by_patience else 0
 
-        logits = None
-        exit_layers = torch.full((batch_size,), num_layers, dtype=torch.long, device=hidden_states.device)
-        active = torch.arange(batch_size, device=hidden_states.device)  # original positions of the running examples
-        counters = torch.zeros_like(active)
-        previous_predictions = None
+        exits = []  # (positions in the batch, or None for the whole batch; their logits; 1-based exit layer)
+        active = None  # positions in the batch of the running examples, once some have left
+        counters = previous_predictions = None
         layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
         pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
 
@@ -516,29 +519,38 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
             if not (can_exit_early or is_last):
                 continue
             layer_logits = self._classify(index, hidden_states, pooling_weights)  # (active, num_labels)
-            if logits is None:
-                logits = layer_logits.new_zeros(batch_size, layer_logits.shape[-1])
             if is_last:
-                logits[active] = layer_logits
+                exits.append((active, layer_logits, num_layers))
                 break
 
-            if exit_criterion == "patience":
+            if by_patience:
                 predictions = exit_predictions(layer_logits)
-                if previous_predictions is not None:
+                if previous_predictions is None:
+                    counters = torch.zeros_like(predictions, dtype=torch.long)
+                else:
                     counters = update_patience_counters(counters, previous_predictions, predictions,
                                                         regression_threshold)
                 previous_predictions = predictions
+                if index < next_exit_test:
+                    continue
+                highest = int(counters.max())
+                if highest < patience:
+                    next_exit_test = index + patience - highest
+                    continue
                 done = counters == patience
             else:
                 done = confident_exits(layer_logits, exit_criterion, exit_threshold)
-            if not done.any():
-                continue
-            logits[active[done]] = layer_logits[done]
-            exit_layers[active[done]] = index + 1
-            if done.all():
+                if not done.any():
+                    continue
+            if len(done) == 1 or done.all():  # every running example exits here
+                exits.append((active, layer_logits, index + 1))
                 break
+            if active is None:
+                active = torch.arange(len(done), device=done.device)
+            exits.append((active[done], layer_logits[done], index + 1))
             running = ~done
-            active, counters = active[running], counters[running]
+            active = active[running]
+            counters = counters[running] if counters is not None else None
             previous_predictions = previous_predictions[running] if previous_predictions is not None else None
             hidden_states = hidden_states[running]
             attention_mask = attention_mask[running] if attention_mask is not None else None
@@ -546,7 +558,26 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
             layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
             pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
 
-        return logits, exit_layers
+        return gather_exits(exits)
+
+
+# Copied from pabee.modeling_pabee_bert.gather_exits
+def gather_exits(exits):
+    """
+    The batch's logits `(batch_size, num_labels)` and 1-based exit layers `(batch_size,)` from its exits in layer
+    order: (positions in the batch, their logits, their exit layer), the positions None when the whole batch exits
+    at once. Then its logits are the answer as they are: at batch size 1, nothing is copied.
+    """
+    positions, logits, exit_layer = exits[0]
+    if positions is None:
+        return logits, torch.full((len(logits),), exit_layer, dtype=torch.long, device=logits.device)
+    batch_size = sum(len(positions) for positions, _, _ in exits)
+    all_logits = logits.new_empty(batch_size, logits.shape[-1])
+    exit_layers = torch.empty(batch_size, dtype=torch.long, device=logits.device)
+    for positions, logits, exit_layer in exits:
+        all_logits[positions] = logits
+        exit_layers[positions] = exit_layer
+    return all_logits, exit_layers
 
 
 # `save_pretrained` writes `auto_map` into config.json and copies this file beside the weights: then

@@ -8,6 +8,7 @@ the model really took.
 import importlib.util
 import json
 import numbers
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,8 @@ import torch
 from pabee.modeling_pabee_bert import patience_exit_layers
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_speed.py"
-SECTIONS = ["forced_exit_batch1", "exit_cost_batch1", "batched_early_exit", "full_depth_vs_transformers", "training_step",
-            "eval_peak_memory"]
+SECTIONS = ["forced_exit_batch1", "exit_cost_batch1", "against_cut_model", "batched_early_exit",
+            "full_depth_vs_transformers", "training_step", "eval_peak_memory"]
 
 
 def load_benchmark():
@@ -91,6 +92,86 @@ def test_tiny_run_writes_every_section(benchmark, tmp_path):
     assert cost["efficiency_bound"] == pytest.approx(
         1 / (1 + cost["classifier_share"] + cost["exit_rule_share"]))
 
+    # Early exit at k against transformers' model cut to k layers: batch 1 at every k, batch 8 at 2, L // 2, L - 1.
+    for pooling in ("pooler", "mean"):
+        cut = results["against_cut_model"]["tiny"][pooling]
+        assert [(row["batch_size"], row["exit_layer"]) for row in cut["rows"]] == [(1, 2), (1, 3), (1, 4), (8, 2), (8, 3)]
+        for row in cut["rows"]:
+            assert row["patience"] == row["exit_layer"] - 1
+            assert len(row["times_s"]["cut_model"]) == len(row["times_s"]["early_exit"]) == 2
+            assert row["cut_over_early_exit"] == pytest.approx(row["cut_model_time_s"] / row["early_exit_time_s"])
+            assert "baseline_time_s" not in row  # no --baseline_revision
+            # early exit runs a classifier at each of layers 1..k (none but the last at k = L), the cut model one
+            more = row["early_exit_operators"] - row["cut_model_operators"]
+            assert more > 0 if row["exit_layer"] < num_layers else more >= 0
+
     assert [row["batch_size"] for row in results["full_depth_vs_transformers"]["tiny"]["rows"]] == [1, 8]
     assert results["training_step"]["tiny"]["time_ratio"] > 0
     assert results["eval_peak_memory"]["tiny"]["transformers_peak_mib"] > 0
+
+
+@pytest.mark.parametrize("exit_pooling", ["pooler", "mean"])
+@torch.no_grad()
+def test_cut_model_answers_like_early_exit_at_its_layer(benchmark, exit_pooling):
+    """The yardstick of section 1c: transformers' model cut to k layers gives layer k's internal classifier's logits,
+    checked on trained-looking classifiers (random weights), not only on the constant ones the section uses."""
+    model, _ = benchmark.make_models("tiny", seed=0, device=torch.device("cpu"))
+    model.config.exit_pooling = exit_pooling
+    for classifier in model.classifiers:
+        torch.nn.init.normal_(classifier.weight)
+    input_ids, attention_mask = benchmark.make_inputs(3, 16, model.config.vocab_size, seed=0, device=torch.device("cpu"))
+    attention_mask[1, 10:] = 0  # padding: the mean must skip it
+    all_layer_logits = model(input_ids, attention_mask=attention_mask, output_all_layer_logits=True).all_layer_logits
+    for exit_layer in (1, 2, 4):
+        cut = benchmark.make_cut_model(model, exit_layer)
+        assert len(cut.bert.encoder.layer) == exit_layer
+        logits = cut(input_ids, attention_mask=attention_mask)
+        logits = getattr(logits, "logits", logits)
+        torch.testing.assert_close(logits, all_layer_logits[:, exit_layer - 1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(subprocess.run(["git", "rev-parse", "HEAD"], cwd=SCRIPT.parent, capture_output=True).returncode,
+                    reason="needs a git checkout")
+def test_baseline_revision_is_timed_beside_the_current_code(benchmark):
+    """--baseline_revision loads that commit's model class; section 1c times it in the same rounds."""
+    baseline_class = benchmark.load_baseline_model_class("HEAD")
+    assert baseline_class.__module__ == "baseline_modeling_pabee_bert"
+    model, _ = benchmark.make_models("tiny", seed=0, device=torch.device("cpu"))
+    baseline = baseline_class(model.config).eval()
+    args = benchmark.parse_args(["--tiny"])
+    result = benchmark.bench_against_cut_model(model, args, torch.device("cpu"), baseline)
+    for row in result["rows"]:
+        assert len(row["times_s"]["baseline_early_exit"]) == 2
+        assert row["baseline_over_early_exit"] == pytest.approx(row["baseline_time_s"] / row["early_exit_time_s"])
+    # the baseline got the section's classifiers, so it answered like the current code
+    assert torch.equal(baseline.classifiers[0].weight, model.classifiers[0].weight)
+
+
+def test_unknown_baseline_revision_is_a_one_line_error(benchmark):
+    with pytest.raises(SystemExit, match="--baseline_revision no-such-commit"):
+        benchmark.load_baseline_model_class("no-such-commit")
+
+
+def test_operators_only_counts_without_timing(benchmark, tmp_path):
+    output = tmp_path / "operators.json"
+    results = benchmark.main(["--tiny", "--operators_only", "--exit_poolings", "mean", "--output", str(output)])
+    assert json.loads(output.read_text()) == json.loads(json.dumps(results))
+    rows = results["against_cut_model"]["tiny"]["mean"]["rows"]
+    assert [(row["batch_size"], row["exit_layer"]) for row in rows] == [(1, 2), (1, 3), (1, 4), (8, 2), (8, 3)]
+    for row in rows:
+        assert set(row) == {"batch_size", "exit_layer", "patience", "cut_model_operators", "early_exit_operators"}
+    # the operator count grows with each layer the forward runs
+    assert rows[0]["cut_model_operators"] < rows[1]["cut_model_operators"] < rows[2]["cut_model_operators"]
+    for section in SECTIONS:
+        if section != "against_cut_model":
+            assert not numbers_in(results[section]), section  # nothing timed
+
+
+def test_sections_run_alone_and_bad_sections_are_one_line_errors(benchmark, tmp_path, capsys):
+    results = benchmark.main(["--tiny", "--sections", "full_depth_vs_transformers", "--output", str(tmp_path / "s.json")])
+    assert [row["batch_size"] for row in results["full_depth_vs_transformers"]["tiny"]["rows"]] == [1, 8]
+    assert all(not numbers_in(results[section]) for section in SECTIONS if section != "full_depth_vs_transformers")
+    for sections, message in [("batched", "--sections: choose from"), ("eval_peak_memory", "add it")]:
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(["--sections", sections])
+        assert message in capsys.readouterr().err

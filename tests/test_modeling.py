@@ -500,6 +500,10 @@ def test_forced_agreement_exits_at_patience_plus_one(variant, task):
         ("classes", 2, 0.1, 5),  # the counter resets at layer 3: counts 1, 0, 1, 2
         ("classes", 3, 0.1, 6),
         ("classes", 5, 0.1, 6),
+        # predicted classes 1 0 0 0 1 1: at layer 3 the counter is 1 of 2, so layer 4 is the next that can exit
+        ("late_agreement", 1, 0.1, 3),
+        ("late_agreement", 2, 0.1, 4),
+        ("late_agreement", 3, 0.1, 6),
         # regression: outputs 0, 0.25, 0.5, 0.75, 1.0, 1.25 (exact in float): each change is exactly 0.25
         ("steps", 1, 0.25, 6),  # strict <: a change equal to the threshold is a change
         ("steps", 1, 0.2500001, 2),
@@ -516,6 +520,7 @@ def test_forced_agreement_exits_at_patience_plus_one(variant, task):
 def test_patience_counter_on_hand_made_predictions(variant, pattern, patience, threshold, expected):
     biases = {
         "classes": [[1.0, 0.0, 0.0]] * 2 + [[0.0, 1.0, 0.0]] * 4,
+        "late_agreement": [[0.0, 1.0, 0.0]] + [[1.0, 0.0, 0.0]] * 3 + [[0.0, 1.0, 0.0]] * 2,
         "steps": [[0.25 * i] for i in range(6)],
         "jump": [[0.0], [0.05], [1.0], [1.02], [1.04], [1.06]],
     }[pattern]

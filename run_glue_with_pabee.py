@@ -556,8 +556,9 @@ def run(args):
     if args.fp16 and (args.no_cuda or not torch.cuda.is_available()):
         raise InputError("--fp16 needs a CUDA GPU; use --bf16 for mixed precision on the CPU")
     accelerator = Accelerator(
-        # Without CUDA, accelerate makes each process of a torchrun its own single-process run unless told `cpu`.
-        cpu=args.no_cuda or not torch.cuda.is_available(),
+        # Without CUDA, accelerate makes each process of a torchrun a single-process run of its own unless told
+        # `cpu` (alone, a process may still use another accelerator, as Apple's MPS).
+        cpu=args.no_cuda or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1),
         mixed_precision="fp16" if args.fp16 else "bf16" if args.bf16 else "no",
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         # Seeded per-epoch shuffling, so a resumed run sees its epoch in the same order as the interrupted one.

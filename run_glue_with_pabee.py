@@ -59,13 +59,23 @@ from pabee.features import file_identity, load_feature_sets
 from pabee.glue import (
     GLUE_TASKS,
     GlueFormatError,
+    finetuned_task,
     get_task,
+    input_kind,
+    is_sentence_pair_task,
     load_example_file,
     load_hub_glue,
     main_metric_name,
     read_glue_split,
 )
-from pabee.models import MODEL_CLASSES, load_pabee_config, max_model_length, model_family
+from pabee.models import (
+    MODEL_CLASSES,
+    TOKENIZER_FILES,
+    lacks_tokenizer_files,
+    load_pabee_config,
+    max_model_length,
+    model_family,
+)
 from pabee.sweep import evaluate, exit_settings, log_evaluation, plot_results, write_test_predictions
 from pabee.training import save_arguments, train
 
@@ -172,8 +182,9 @@ def parse_args(argv=None):
     model.add_argument("--exit_pooling", type=str, default=None, choices=("pooler", "mean"),
                        help="What each internal classifier reads from its layer: 'pooler' (the backbone's pretrained "
                             "pooler over the first token, as in the paper) or 'mean' (the mean of the layer's hidden "
-                            "states over real tokens). Default: the model's config, else 'pooler'. Training only: "
-                            "a trained model keeps the pooling it was trained with.")
+                            "states over real tokens; BERT's and ALBERT's pretrained pooler is then kept as it is, "
+                            "untrained). Default: the model's config, else 'pooler'. Training only: a trained model "
+                            "keeps the pooling it was trained with.")
     model.add_argument("--layer_loss_weights", type=str, default=None, choices=("linear", "uniform", "last"),
                        help="Weights of the per-layer losses in training: 'linear' (layer i weighs i, as in the "
                             "paper; the default), 'uniform', or 'last' (the last layer only: plain fine-tuning, "
@@ -446,6 +457,11 @@ def load_model(args, path, for_training):
         config.regression_threshold = args.regression_threshold
     elif config.num_labels != task.num_labels:
         raise InputError(f"the model in {path} has {config.num_labels} labels but {task.name} needs {task.num_labels}")
+    else:
+        trained_on = finetuned_task(config)  # another task of the same kind (QNLI for RTE, ...) may be evaluated
+        if trained_on is not None and is_sentence_pair_task(trained_on) != is_sentence_pair_task(task):
+            raise InputError(f"the model in {path} was fine-tuned on {trained_on.name}, which takes "
+                             f"{input_kind(trained_on)}, but {task.name} takes {input_kind(task)}")
     try:
         model_class = MODEL_CLASSES[model_family(config.model_type)]
         return model_class.from_pretrained(path, config=config, cache_dir=args.cache_dir)
@@ -453,17 +469,9 @@ def load_model(args, path, for_training):
         raise InputError(f"cannot load the model from {path!r}: {first_line(error)}")
 
 
-# What a model folder holds when it has a tokenizer of its own (WordPiece, sentencepiece, BPE, or the fast
-# tokenizer's single file).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
-                   "vocab.json")
-
-
 def load_tokenizer(args, path, config):
     source = args.tokenizer_name or path
-    # From a model folder without tokenizer files transformers builds an empty tokenizer (its special tokens only,
-    # which maps every word to [UNK]), or none at all for a saved PABEE model.
-    if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, name)) for name in TOKENIZER_FILES):
+    if lacks_tokenizer_files(source):
         raise InputError(f"{source} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): pass the model's "
                          "tokenizer with --tokenizer_name")
     kwargs = {"do_lower_case": True} if args.do_lower_case else {}
@@ -588,7 +596,9 @@ def run(args):
     if args.fp16 and (args.no_cuda or not torch.cuda.is_available()):
         raise InputError("--fp16 needs a CUDA GPU; use --bf16 for mixed precision on the CPU")
     accelerator = Accelerator(
-        cpu=args.no_cuda,
+        # Without CUDA, accelerate makes each process of a torchrun a single-process run of its own unless told
+        # `cpu` (alone, a process may still use another accelerator, as Apple's MPS).
+        cpu=args.no_cuda or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1),
         mixed_precision="fp16" if args.fp16 else "bf16" if args.bf16 else "no",
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         # Seeded per-epoch shuffling, so a resumed run sees its epoch in the same order as the interrupted one.

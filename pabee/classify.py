@@ -21,8 +21,8 @@ from safetensors import SafetensorError
 from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from .glue import get_task, is_sentence_pair_task
-from .models import MODEL_CLASSES, load_pabee_config, max_model_length
+from .glue import finetuned_task, is_sentence_pair_task
+from .models import MODEL_CLASSES, TOKENIZER_FILES, lacks_tokenizer_files, load_pabee_config, max_model_length
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ def load_model(path):
         config, family = load_pabee_config(path)
     except (OSError, ValueError) as error:
         raise InputError(f"no PABEE model in {path}: {first_line(error)}")
+    if lacks_tokenizer_files(path):
+        raise InputError(f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the model's "
+                         f"tokenizer there with its save_pretrained")
     # Quietly: no progress bars, and no transformers warnings (a backbone given by mistake is reported below).
     verbosity, progress_bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
@@ -94,9 +97,8 @@ def check_input_kind(inputs, config):
     for number, (_, text_b) in enumerate(inputs, start=1):
         if (text_b is not None) != pairs:
             raise InputError(f"input {number}: the inputs mix single texts and tab-separated pairs; give one kind")
-    try:
-        task = get_task(getattr(config, "finetuning_task", None) or "")
-    except ValueError:  # not fine-tuned on a GLUE task this project knows: either kind may be right
+    task = finetuned_task(config)
+    if task is None:  # not fine-tuned on a GLUE task this project knows: either kind may be right
         return
     if pairs != is_sentence_pair_task(task):
         given = "a tab-separated pair" if pairs else "a single text"
@@ -204,6 +206,10 @@ def main(argv=None):
             raise InputError("no input: only blank lines; give one text (or tab-separated pair) per line")
         model, tokenizer = load_model(args.model)
         check_input_kind(inputs, model.config)
+        longest = max_model_length(model.config)
+        if args.max_seq_length is not None and args.max_seq_length > longest:
+            raise InputError(f"--max_seq_length {args.max_seq_length} is more than the {longest} tokens the model in "
+                             f"{args.model} takes")
         if torch.cuda.is_available():
             model = model.cuda()
         answers = classify(model, tokenizer, inputs, args.patience, args.batch_size, args.max_seq_length)

@@ -160,6 +160,21 @@ def is_sentence_pair_task(task: GlueTask) -> bool:
     return _TSV_LAYOUTS[task.name][0].text_b is not None
 
 
+def finetuned_task(config) -> GlueTask | None:
+    """
+    The GLUE task a model was fine-tuned on, from its config's `finetuning_task` (which the training script saves);
+    None for a model not fine-tuned on a GLUE task this module knows.
+    """
+    try:
+        return get_task(getattr(config, "finetuning_task", None) or "")
+    except ValueError:
+        return None
+
+
+def input_kind(task: GlueTask) -> str:
+    return "sentence pairs" if is_sentence_pair_task(task) else "single sentences"
+
+
 def _check_split(task: GlueTask, split: str) -> None:
     valid = ("train",) + task.eval_splits + task.test_splits
     if split not in valid:

@@ -9,6 +9,8 @@ a plain BERT. Both load into the same class, and the family (the backbone's mode
     model = MODEL_CLASSES[family].from_pretrained("output/demo", config=config)
 """
 
+import os
+
 from transformers import PreTrainedConfig
 
 from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee
@@ -61,3 +63,17 @@ def max_model_length(config):
     if model_family(config.model_type) in ("roberta", "xlm-roberta"):
         return config.max_position_embeddings - config.pad_token_id - 1
     return config.max_position_embeddings
+
+
+# What a model folder holds when it has a tokenizer of its own (WordPiece, sentencepiece, BPE, or the fast
+# tokenizer's single file).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+                   "vocab.json")
+
+
+def lacks_tokenizer_files(path):
+    """
+    Whether folder `path` holds none of `TOKENIZER_FILES`. From such a folder transformers builds an empty tokenizer
+    (its special tokens only, which maps every word to [UNK]), or none at all for a saved PABEE model.
+    """
+    return os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES)

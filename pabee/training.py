@@ -64,6 +64,18 @@ def save_checkpoint(args, accelerator, model, tokenizer, step, trainer_state):
     accelerator.wait_for_everyone()
 
 
+def freeze_unused_pooler(model):
+    """
+    With `exit_pooling="mean"` the pretrained pooler of BERT and ALBERT (the other families then have none) takes no
+    part in the loss. DistributedDataParallel waits for a gradient of every parameter that requires one, and stops at
+    the next step with "parameters that were not used in producing loss"; so the pooler stops requiring one. It is
+    saved unchanged, as training would leave it anyway.
+    """
+    pooler = getattr(model.base_model, "pooler", None)
+    if model.config.exit_pooling == "mean" and isinstance(pooler, torch.nn.Module):
+        pooler.requires_grad_(False)
+
+
 def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, tb_writer=None, on_log=None):
     """
     Fine-tune `model` on `train_dataset` (resuming from checkpoint folder `resume_from` if given). Every
@@ -78,6 +90,7 @@ def train(args, accelerator, model, tokenizer, train_dataset, resume_from=None, 
     # the same dropout masks as an uninterrupted one.
     train_dataloader = DataLoader(train_dataset, shuffle=True, batch_size=args.per_gpu_train_batch_size,
                                   collate_fn=collator, generator=torch.Generator().manual_seed(args.seed))
+    freeze_unused_pooler(model)
     optimizer = make_optimizer(args, model)
 
     batches_per_epoch = math.ceil(len(train_dataset) / (args.per_gpu_train_batch_size * accelerator.num_processes))

@@ -884,6 +884,8 @@ BAD_INPUTS = {
         eval_args(g, "sst-2", o), ["holds none", str(o)])),
     "do_eval of a model for another task": ("trained", lambda m, g, t, o: (
         eval_args(g, "mnli", o), ["labels", "mnli"])),
+    "do_eval of a single-sentence model on sentence pairs": ("trained", lambda m, g, t, o: (
+        eval_args(g, "mrpc", o), ["sst-2", "single sentences", "mrpc", "sentence pairs"])),
     "damaged model weights": ("trained", _damaged_weights),
     "output_dir is a file": ("absent", _output_dir_is_a_file),
     "unreadable eval_results.json": ("trained", _unreadable_results),

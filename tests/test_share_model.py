@@ -388,6 +388,14 @@ def test_classify_regression_model_prints_its_score(tmp_path, capsys):
     assert exit_layer == f"{int(output.exit_layers[0])}/4" and tuple(texts) == pair
 
 
+def weights_only(folder, copy):
+    """A copy of model folder `folder` without its tokenizer files."""
+    copy.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (copy / name).write_bytes((Path(folder) / name).read_bytes())
+    return copy
+
+
 @pytest.mark.parametrize("argv, words", [(["--patience", "-1"], ["--patience", ">= 0"]),
                                          (["--batch_size", "0"], ["--batch_size"]),
                                          (["--file", "texts.txt", "a text"], ["not both"])])
@@ -400,7 +408,8 @@ def test_classify_bad_flags_are_one_line(argv, words, trained_folder, capsys):
 
 
 @pytest.mark.parametrize("case", ["no such folder", "empty folder", "backbone only", "pair to single-sentence model",
-                                  "single text to pair model", "mixed", "only blank lines", "three columns"])
+                                  "single text to pair model", "mixed", "only blank lines", "three columns",
+                                  "longer than the model's positions", "no tokenizer files"])
 def test_classify_errors_are_one_line(case, trained_folder, tmp_path, capsys, monkeypatch):
     model_folder, texts, words = {
         "no such folder": (tmp_path / "absent", ["a film"], ["absent", "no such folder"]),
@@ -412,6 +421,11 @@ def test_classify_errors_are_one_line(case, trained_folder, tmp_path, capsys, mo
         "mixed": (trained_folder, ["a film", "a film\tanother"], ["input 2", "mix"]),
         "only blank lines": (trained_folder, None, ["no input", "blank"]),
         "three columns": (trained_folder, ["a\tb\tc"], ["argument 1", "two tab-separated texts"]),
+        # 65 tokens for a model with 64 positions: without the check, truncating to 65 fails inside the embeddings
+        "longer than the model's positions": (trained_folder, ["--max_seq_length", "65", " ".join(["film"] * 70)],
+                                              ["--max_seq_length 65", "64 tokens"]),
+        "no tokenizer files": (weights_only(trained_folder, tmp_path / "weights"), ["a film"],
+                               ["weights", "no tokenizer files", "save_pretrained"]),
     }[case]
     if model_folder is None:
         model_folder = save_tiny_model(tmp_path / "mrpc", "bert")

@@ -10,9 +10,9 @@ import torch
 
 from fixtures_glue import MODEL_TYPES
 from run_glue_with_pabee import MODEL_CLASSES
-from test_modeling import VARIANTS, make_config
+from test_modeling import ONE_PER_FAMILY, VARIANTS, make_batch, make_config, make_model
 
-from pabee.training import make_optimizer
+from pabee.training import freeze_unused_pooler, make_optimizer
 
 FAMILY_VARIANTS = {family: variant for variant, (family, _) in reversed(list(VARIANTS.items()))}
 
@@ -34,3 +34,23 @@ def test_weight_decay_spares_every_bias_and_layer_norm(model_type):
     fast = {names[id(p)] for group in optimizer.param_groups if group["lr"] == 1e-2 for p in group["params"]}
     assert fast == {name for name in names.values() if name.startswith("classifiers.")}
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(names)
+
+
+@pytest.mark.parametrize("exit_pooling", ["pooler", "mean"])
+@pytest.mark.parametrize("variant", ONE_PER_FAMILY)
+def test_every_parameter_left_trainable_gets_a_gradient(variant, exit_pooling):
+    # What DistributedDataParallel needs at every step: a parameter that requires a gradient and gets none stops the
+    # next step (BERT's and ALBERT's pretrained pooler under mean pooling). The loss reads every classifier.
+    model = make_model(variant, 3, exit_pooling=exit_pooling).train()
+    freeze_unused_pooler(model)
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                 labels=torch.arange(len(input_ids)) % 3).loss
+    loss.backward()
+    without_gradient = [name for name, parameter in model.named_parameters()
+                        if parameter.requires_grad and parameter.grad is None]
+    assert without_gradient == []
+    frozen = [name for name, parameter in model.named_parameters() if not parameter.requires_grad]
+    has_pretrained_pooler = VARIANTS[variant][0] in ("bert", "albert")
+    assert bool(frozen) == (exit_pooling == "mean" and has_pretrained_pooler)
+    assert all(".pooler." in f".{name}" for name in frozen), frozen

@@ -161,11 +161,16 @@ def test_torchrun_two_processes(setup, tmp_path):
 
 def test_old_launcher_two_processes(setup, tmp_path):
     # torch.distributed.launch passes each process its rank as `--local-rank=N` (`--local_rank` before torch 2.0).
+    # On a machine without CUDA, without --no_cuda: the two processes still train one model together. With mean
+    # pooling, the pretrained pooler takes no part in the loss, which DistributedDataParallel must not wait for.
     output_dir = tmp_path / "launch"
     launch = (sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port",
               str(free_port()))
-    result = run_script(command(setup, output_dir, "--do_train", "--do_eval", "--max_steps", "2", "--save_steps",
-                                "0", "--patience", "0,2"), launcher=launch)
+    arguments = command(setup, output_dir, "--do_train", "--do_eval", "--max_steps", "2", "--save_steps", "0",
+                        "--patience", "0,2", "--exit_pooling", "mean")
+    if not torch.cuda.is_available():
+        arguments.remove("--no_cuda")
+    result = run_script(arguments, launcher=launch)
     assert "Total train batch size (parallel, distributed & accumulation) = 8" in result.stderr
     runs = json.loads((output_dir / "eval_results.json").read_text())["runs"]
     assert len(runs) == 1 and len(runs[0]["entries"]) == 2 + 2  # two patience values, the two oracle bounds

@@ -2,10 +2,12 @@
 
     python -m pabee.classify --model output/demo "a gripping, funny film" "dull and far too long"
     python -m pabee.classify --model output/demo --file reviews.txt --patience 2   # one text per line
+    python -m pabee.classify --model output/demo --patience 1 --exit_confidence 0.75 "a gripping, funny film"
     printf 'A man plays.\\tSomeone plays.\\n' | python -m pabee.classify --model output/mrpc   # pairs: tab-separated
 
 Texts come from the arguments, else from --file, else from standard input: one text, or a tab-separated sentence pair,
-per line (blank lines are skipped). The model answers with early exit at the patience saved with it, or --patience.
+per line (blank lines are skipped). The model answers with early exit at the patience (and confidence gate) saved
+with it, or --patience (and --exit_confidence).
 Inputs run in batches of --batch_size, with the same answers as one at a time. One line is printed per input, in
 order: label (the config's label names where it has them), probability, exit layer out of the model's layers, the
 input; a regression model prints its score instead of a label and a probability.
@@ -107,7 +109,7 @@ def check_input_kind(inputs, config):
 
 
 @torch.no_grad()
-def classify(model, tokenizer, inputs, patience=None, batch_size=32, max_length=None):
+def classify(model, tokenizer, inputs, patience=None, batch_size=32, max_length=None, exit_confidence=None):
     """The model's `Answer` for each (text, text_b or None) of `inputs`, in order, run `batch_size` at a time."""
     device = next(model.parameters()).device
     answers = []
@@ -122,7 +124,7 @@ def classify(model, tokenizer, inputs, patience=None, batch_size=32, max_length=
             max_length=max_length or max_model_length(model.config),
             return_tensors="pt",
         ).to(device)
-        output = model(**encoded, patience=patience)
+        output = model(**encoded, patience=patience, exit_confidence=exit_confidence)
         if model.config.num_labels == 1:
             values, label_ids = output.logits[:, 0].tolist(), [None] * len(batch)
         else:
@@ -168,6 +170,10 @@ def parse_args(argv=None):
                         help="Read the inputs from this file: one text, or two tab-separated texts, per line.")
     parser.add_argument("--patience", type=int, default=None,
                         help="Patience of the early exit (0: every layer). Default: the one saved with the model.")
+    parser.add_argument("--exit_confidence", type=float, default=None,
+                        help="Confidence gate on the patience counter: a layer counts toward the patience only if its "
+                             "prediction agrees with the previous layer's at a top-class probability of at least "
+                             "this (0: plain PABEE; classification only). Default: the one saved with the model.")
     parser.add_argument("--batch_size", type=int, default=32,
                         help="Inputs run together; the answers are the same at any batch size.")
     parser.add_argument("--max_seq_length", type=int, default=None,
@@ -177,6 +183,8 @@ def parse_args(argv=None):
         parser.error("give texts as arguments or --file, not both")
     if args.patience is not None and args.patience < 0:
         parser.error(f"--patience must be >= 0 (0 runs every layer), got {args.patience}")
+    if args.exit_confidence is not None and not 0 <= args.exit_confidence <= 1:  # NaN fails both
+        parser.error(f"--exit_confidence must be a probability in [0, 1] (0: plain PABEE), got {args.exit_confidence}")
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.max_seq_length is not None and args.max_seq_length < 2:
@@ -210,9 +218,13 @@ def main(argv=None):
         if args.max_seq_length is not None and args.max_seq_length > longest:
             raise InputError(f"--max_seq_length {args.max_seq_length} is more than the {longest} tokens the model in "
                              f"{args.model} takes")
+        if args.exit_confidence and model.config.num_labels == 1:
+            raise InputError(f"--exit_confidence gates on class probabilities; the model in {args.model} is a "
+                             "regression model, which has none")
         if torch.cuda.is_available():
             model = model.cuda()
-        answers = classify(model, tokenizer, inputs, args.patience, args.batch_size, args.max_seq_length)
+        answers = classify(model, tokenizer, inputs, args.patience, args.batch_size, args.max_seq_length,
+                           args.exit_confidence)
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
     print(format_answers(model.config, inputs, answers))

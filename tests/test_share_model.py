@@ -207,14 +207,14 @@ def trained_folder(tmp_path_factory):
     return folder
 
 
-def one_at_a_time(folder, texts, patience=None):
+def one_at_a_time(folder, texts, patience=None, exit_confidence=None):
     """(label name, probability, exit layer) of each text run alone through our class, read from its logits."""
     model = BertForSequenceClassificationWithPabee.from_pretrained(folder).eval()
     tokenizer = BertTokenizerFast.from_pretrained(folder)
     answers = []
     with torch.no_grad():
         for text in texts:
-            output = model(**tokenizer(text, return_tensors="pt"), patience=patience)
+            output = model(**tokenizer(text, return_tensors="pt"), patience=patience, exit_confidence=exit_confidence)
             probabilities = torch.softmax(output.logits[0], dim=-1)
             label = int(probabilities.argmax())
             answers.append((model.config.id2label[label], float(probabilities[label]), int(output.exit_layers[0])))
@@ -344,6 +344,26 @@ def test_classify_patience_overrides_the_saved_one(trained_folder, capsys):
     assert {row[2] for row in printed(lines)} == {6}
     _, lines = run_classify(capsys, "--model", trained_folder, "--patience", "2", *TEXTS)
     assert [row[2] for row in printed(lines)] == [layer for _, _, layer in one_at_a_time(trained_folder, TEXTS, 2)]
+
+
+def test_classify_confidence_gate_answers_as_the_gated_model_alone(trained_folder, capsys):
+    answers = {}
+    for gate in (0.0, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0):
+        expected = [layer for _, _, layer in one_at_a_time(trained_folder, TEXTS, 1, gate)]
+        _, lines = run_classify(capsys, "--model", trained_folder, "--patience", "1", "--exit_confidence", str(gate),
+                                "--batch_size", "3", *TEXTS)
+        answers[gate] = [row[2] for row in printed(lines)]
+        assert answers[gate] == expected
+    assert answers[0.0] == [layer for _, _, layer in one_at_a_time(trained_folder, TEXTS, 1)]  # 0: plain PABEE
+    assert answers[0.0] != answers[1.0]  # the gate holds texts back (at 1.0, every one to the last layer)
+
+
+@pytest.mark.parametrize("gate", ["-0.1", "1.5", "nan"])
+def test_classify_refuses_a_gate_outside_0_1(trained_folder, capsys, gate):
+    with pytest.raises(SystemExit) as exit_info:
+        run_classify(capsys, "--model", trained_folder, "--exit_confidence", gate, *TEXTS)
+    assert exit_info.value.code == 2
+    assert "--exit_confidence must be a probability" in capsys.readouterr().err
 
 
 def test_classify_reads_a_file_and_standard_input(trained_folder, tmp_path, capsys, monkeypatch):

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from statistics import median
 
+import numpy as np
 import torch
 import transformers
 from torch import nn
@@ -164,6 +165,18 @@ def compare(fns, repeats, device):
         for name in names[shift:] + names[:shift]:
             times[name].append(time_call(fns[name], device))
     return times
+
+
+def ratio_interval(numerator_times, denominator_times, resamples=2000, seed=0):
+    """
+    95% bootstrap interval of median(numerator_times) / median(denominator_times), resampling the rounds with both
+    contenders' times of a round kept together (they were timed side by side): how far the ratio of the medians
+    could move on another run of as many rounds, on the same machine.
+    """
+    numerator, denominator = np.asarray(numerator_times), np.asarray(denominator_times)
+    rounds = np.random.default_rng(seed).integers(0, len(numerator), size=(resamples, len(numerator)))
+    ratios = np.median(numerator[rounds], axis=1) / np.median(denominator[rounds], axis=1)
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
 
 
 def operator_calls(fn):
@@ -473,6 +486,7 @@ def bench_against_cut_model(model, args, device, baseline=None):
             times = compare(fns, args.cut_repeats if batch_size == 1 else args.repeats, device)
             row.update({"cut_model_time_s": median(times["cut_model"]), "early_exit_time_s": median(times["early_exit"])})
             row["cut_over_early_exit"] = row["cut_model_time_s"] / row["early_exit_time_s"]
+            row["cut_over_early_exit_95ci"] = ratio_interval(times["cut_model"], times["early_exit"])
             if baseline is not None:
                 row["baseline_time_s"] = median(times["baseline_early_exit"])
                 row["cut_over_baseline"] = row["cut_model_time_s"] / row["baseline_time_s"]
@@ -482,7 +496,7 @@ def bench_against_cut_model(model, args, device, baseline=None):
     columns = ["batch_size", "exit_layer", "cut_model_operators", "early_exit_operators"]
     columns += ["baseline_early_exit_operators"] if baseline is not None else []
     if not args.operators_only:
-        columns += ["cut_model_time_s", "early_exit_time_s", "cut_over_early_exit"]
+        columns += ["cut_model_time_s", "early_exit_time_s", "cut_over_early_exit", "cut_over_early_exit_95ci"]
         columns += ["baseline_time_s", "cut_over_baseline", "baseline_over_early_exit"] if baseline is not None else []
     print_table("1c. early exit at layer k vs transformers' model cut to k layers", rows, columns)
     return {"cut_model": "BertForSequenceClassification" if model.config.exit_pooling == "pooler" else
@@ -631,6 +645,8 @@ def bench_eval_memory(model, plain, spread_inputs, device):
 
 def print_table(title, rows, columns):
     def cell(value):
+        if isinstance(value, list):  # an interval
+            return " to ".join(f"{bound:.3f}" for bound in value)
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
     widths = [max(len(column), *(len(cell(row[column])) for row in rows)) for column in columns]

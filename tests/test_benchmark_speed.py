@@ -100,6 +100,8 @@ def test_tiny_run_writes_every_section(benchmark, tmp_path):
             assert row["patience"] == row["exit_layer"] - 1
             assert len(row["times_s"]["cut_model"]) == len(row["times_s"]["early_exit"]) == 2
             assert row["cut_over_early_exit"] == pytest.approx(row["cut_model_time_s"] / row["early_exit_time_s"])
+            low, high = row["cut_over_early_exit_95ci"]
+            assert low <= high
             assert "baseline_time_s" not in row  # no --baseline_revision
             # early exit runs a classifier at each of layers 1..k (none but the last at k = L), the cut model one
             more = row["early_exit_operators"] - row["cut_model_operators"]
@@ -175,3 +177,14 @@ def test_sections_run_alone_and_bad_sections_are_one_line_errors(benchmark, tmp_
         with pytest.raises(SystemExit):
             benchmark.parse_args(["--sections", sections])
         assert message in capsys.readouterr().err
+
+
+def test_ratio_interval_of_paired_rounds(benchmark):
+    # Early exit took exactly 4% longer than the cut model in every round: every resample gives that ratio, however
+    # much the machine drifted from round to round.
+    cut = [0.010, 0.013, 0.009, 0.020, 0.011]
+    early = [1.04 * time for time in cut]
+    assert benchmark.ratio_interval(cut, early) == pytest.approx([1 / 1.04, 1 / 1.04])
+    # One slow early-exit round out of five moves the median's interval, not past the other rounds' ratios.
+    low, high = benchmark.ratio_interval([1.0] * 5, [1.0, 1.0, 1.0, 1.0, 2.0])
+    assert low == pytest.approx(0.5) and high == pytest.approx(1.0)

@@ -8,7 +8,9 @@
 #
 # The recipe is the one that paid off best on this task in benchmarks/study_exit_recipes.py (see README.md): internal
 # classifiers over mean-pooled hidden states (--exit_pooling mean) trained at 10x the learning rate
-# (--classifier_lr_multiplier 10). The paper's recipe is --exit_pooling pooler --classifier_lr_multiplier 1.
+# (--classifier_lr_multiplier 10), each learning from the last classifier too (self-distillation, weight 1,
+# temperature 2), with gradient equilibrium. The paper's recipe is --exit_pooling pooler --classifier_lr_multiplier 1
+# --self_distillation_weight 0 --no-gradient_equilibrium.
 # The gate is the best PABEE-family setting the study found for this recipe: patience 1 with --exit_confidence 0.75
 # (a layer counts toward patience only if it agrees with the previous one at a top-class probability >= 0.75).
 set -euo pipefail
@@ -36,4 +38,7 @@ python run_glue_with_pabee.py \
   --exit_confidence 0.75 \
   --exit_pooling mean \
   --classifier_lr_multiplier 10 \
+  --self_distillation_weight 1 \
+  --self_distillation_temperature 2 \
+  --gradient_equilibrium \
   "$@"

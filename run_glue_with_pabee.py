@@ -197,11 +197,12 @@ def parse_args(argv=None):
     model.add_argument("--self_distillation_temperature", type=float, default=1.0,
                        help="Training: the temperature T that softens both distributions in self-distillation "
                             "(default 1).")
-    model.add_argument("--gradient_equilibrium", action="store_true",
+    model.add_argument("--gradient_equilibrium", action=argparse.BooleanOptionalAction, default=False,
                        help="Training: rescale the gradient each layer receives so that, of the k classifiers at or "
                             "above it, its own weighs 1/k and the deeper ones (k-1)/k (gradient equilibrium, Li et "
                             "al. 2019, as in ElasticBERT), instead of the deep layers' losses swamping the shallow "
-                            "ones.")
+                            "ones. Off by default; --no-gradient_equilibrium turns it off after an earlier "
+                            "--gradient_equilibrium (as in `bash demo.sh --no-gradient_equilibrium`).")
 
     pabee = parser.add_argument_group("early exit")
     pabee.add_argument("--patience", type=patience_list, default=[0],

@@ -484,7 +484,8 @@ def bench_against_cut_model(model, args, device, baseline=None):
                 rows.append(row)
                 continue
             times = compare(fns, args.cut_repeats if batch_size == 1 else args.repeats, device)
-            row.update({"cut_model_time_s": median(times["cut_model"]), "early_exit_time_s": median(times["early_exit"])})
+            row.update({"cut_model_time_s": median(times["cut_model"]),
+                        "early_exit_time_s": median(times["early_exit"])})
             row["cut_over_early_exit"] = row["cut_model_time_s"] / row["early_exit_time_s"]
             row["cut_over_early_exit_95ci"] = ratio_interval(times["cut_model"], times["early_exit"])
             if baseline is not None:

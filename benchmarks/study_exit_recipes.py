@@ -7,17 +7,19 @@ entropy and confidence thresholds, and the two oracle bounds (each review exits 
 the full-depth answer, or at its earliest correct layer). Per (budget, recipe, rule) it reports the setting with the
 best mean layer speed-up whose mean accuracy is within 1 point of plain fine-tuning (same budget and seeds), with a
 95% bootstrap interval of the paired difference over the dev reviews (each review's difference averaged over seeds).
-Finished runs are reused, so an interrupted study resumes where it stopped.
+Finished runs are reused, so an interrupted study resumes where it stopped. Last, each rule's best setting of the
+leading recipe is run for real (early exit at batch 32 on the dev set), timed against full depth over --wall_rounds
+interleaved rounds per seed: its wall speed-up, on a machine that runs nothing else.
 
-    python benchmarks/study_exit_recipes.py --output_dir output/study          # 4 recipes, seed 42, the demo's budget
-    python benchmarks/study_exit_recipes.py --leading_recipes demo+distill --leading_seeds 42,43,44 \
-        --num_train_epochs 1,3                                 # and two more seeds of plain and demo+distill; 3 epochs
+    python benchmarks/study_exit_recipes.py --output_dir output/study    # plain, 3 recipes, seed 42, the demo's budget
+    python benchmarks/study_exit_recipes.py --leading_recipes mean-10x+distill+ge --leading_seeds 42,43,44 \
+        --num_train_epochs 1,3       # and two more seeds of plain and of the demo's recipe; a 3-epoch budget too
 
 Recipes (see --help): plain (last layer only: the baseline), reference (the paper: pooler, layer weights 1..L), mean
-(classifiers over mean-pooled hidden states), mean-uniform (and uniform layer weights), demo (mean, classifiers at 10x
-the learning rate: the demo's recipe), and the training options alone and on top of the demo's recipe: distill
-(self-distillation from the last classifier, weight 1, temperature 2), ge (gradient equilibrium), and their
-combinations (distill+ge, demo+distill, demo+ge, demo+distill+ge).
+(classifiers over mean-pooled hidden states), mean-uniform (and uniform layer weights), mean-10x (mean, classifiers at
+10x the learning rate), and the training options alone and on top of mean-10x: distill (self-distillation from the
+last classifier, weight 1, temperature 2), ge (gradient equilibrium), and their combinations (distill+ge,
+mean-10x+distill, mean-10x+ge, and mean-10x+distill+ge: the demo's recipe).
 """
 
 import argparse
@@ -39,7 +41,7 @@ from pabee.features import convert_examples_to_features  # noqa: E402
 from pabee.glue import get_task, read_glue_split  # noqa: E402
 
 MEAN = ["--exit_pooling", "mean"]
-DEMO = [*MEAN, "--classifier_lr_multiplier", "10"]
+MEAN_10X = [*MEAN, "--classifier_lr_multiplier", "10"]
 DISTILL = ["--self_distillation_weight", "1", "--self_distillation_temperature", "2"]
 GE = ["--gradient_equilibrium"]
 RECIPES = {
@@ -47,15 +49,15 @@ RECIPES = {
     "reference": [],
     "mean": MEAN,
     "mean-uniform": [*MEAN, "--layer_loss_weights", "uniform"],
-    "demo": DEMO,
+    "mean-10x": MEAN_10X,
     "distill": DISTILL,
     "ge": GE,
     "distill+ge": [*DISTILL, *GE],
-    "demo+distill": [*DEMO, *DISTILL],
-    "demo+ge": [*DEMO, *GE],
-    "demo+distill+ge": [*DEMO, *DISTILL, *GE],
+    "mean-10x+distill": [*MEAN_10X, *DISTILL],
+    "mean-10x+ge": [*MEAN_10X, *GE],
+    "mean-10x+distill+ge": [*MEAN_10X, *DISTILL, *GE],  # the demo's recipe
 }
-DEFAULT_RECIPES = "plain,demo,demo+distill,demo+distill+ge"
+DEFAULT_RECIPES = "plain,mean-10x,mean-10x+distill,mean-10x+distill+ge"
 # The demo's training, but for the budget (--num_train_epochs).
 DEMO_TRAINING = ["--max_seq_length", "64", "--per_gpu_train_batch_size", "32", "--learning_rate", "5e-5",
                  "--warmup_steps", "30", "--logging_steps", "50", "--save_steps", "0"]
@@ -65,6 +67,7 @@ CONFIDENCE_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(1, 10))  #
 RULES = ("patience", "gated patience", "entropy", "confidence")
 PABEE_FAMILY = ("patience", "gated patience")
 TOLERANCE = 1.0  # points of accuracy below plain fine-tuning that a setting may lose
+WALL_BATCH_SIZE = 32  # the demo's evaluation batch size
 
 
 def parse_args(argv=None):
@@ -88,10 +91,16 @@ def parse_args(argv=None):
     parser.add_argument("--bootstrap", type=int, default=2000, help="Bootstrap resamples for the intervals.")
     parser.add_argument("--training_args", default=None,
                         help="Training flags for run_glue_with_pabee.py, replacing the demo's (quote them).")
+    parser.add_argument("--wall_rounds", type=int, default=5,
+                        help="Rounds of the wall-clock timing of the leading recipe's best settings against full "
+                             f"depth (real early exit, batch {WALL_BATCH_SIZE}, interleaved; the median per setting "
+                             "and seed). 0 skips it. Time it on a machine that runs nothing else.")
     parser.add_argument("--plot", default="docs/exit_frontier.png",
                         help="Where to draw each rule's frontier against the oracle, for the leading recipe of the "
                              "first budget ('' for no plot).")
     args = parser.parse_args(argv)
+    if args.wall_rounds < 0:
+        parser.error(f"--wall_rounds must be 0 or more, not {args.wall_rounds}")
     args.leading_recipes = [recipe for recipe in args.leading_recipes.split(",") if recipe]
     args.recipes = list(dict.fromkeys(["plain", *args.recipes.split(","), *args.leading_recipes]))  # baseline first
     unknown = [recipe for recipe in args.recipes if recipe not in RECIPES]
@@ -131,10 +140,8 @@ def train(args, epochs, recipe, seed, num_layers):
     return output_dir
 
 
-@torch.no_grad()
-def full_depth_pass(output_dir, data_dir):
-    """Every classifier's logits on the dev set, from one pass through every layer."""
-    from accelerate import Accelerator
+def load_run(output_dir, data_dir, batch_size):
+    """A finished run's model and its dev set, tokenized as the run was trained."""
     from torch.utils.data import DataLoader
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
@@ -145,9 +152,42 @@ def full_depth_pass(output_dir, data_dir):
     with open(output_dir / "training_args.json") as file:
         max_seq_length = json.load(file)["max_seq_length"]
     features = convert_examples_to_features(read_glue_split(data_dir, task, "dev"), task, tokenizer, max_seq_length)
-    loader = DataLoader(features, batch_size=64, collate_fn=DataCollatorWithPadding(tokenizer))
+    return model, DataLoader(features, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+def full_depth_pass(output_dir, data_dir):
+    """Every classifier's logits on the dev set, from one pass through every layer."""
+    from accelerate import Accelerator
+
+    model, loader = load_run(output_dir, data_dir, batch_size=64)
     return predict(model, loader, Accelerator(cpu=True), ExitSetting("patience", 0).model_kwargs(0.1),
                    "dev every layer", all_layers=True)
+
+
+def time_settings(output_dir, data_dir, settings, rounds, full_depth):
+    """
+    Real early exit with each setting on the dev set at batch WALL_BATCH_SIZE, timed against full depth in the same
+    `rounds` rounds (full depth, then each setting, in turn). Per setting: the median full-depth time over its median
+    time, and the share of reviews whose exit layer equals its simulation from the full-depth pass `full_depth`.
+    """
+    from accelerate import Accelerator
+
+    model, loader = load_run(output_dir, data_dir, WALL_BATCH_SIZE)
+    accelerator = Accelerator(cpu=True)
+    baseline = ExitSetting("patience", 0)
+    predict(model, loader, accelerator, baseline.model_kwargs(0.1), "warm-up")  # first-call allocations, untimed
+    seconds = {setting: [] for setting in [baseline, *settings]}
+    exit_layers = {}
+    for _ in range(rounds):
+        for setting in seconds:
+            predictions = predict(model, loader, accelerator, setting.model_kwargs(0.1), f"timing {setting.label}")
+            seconds[setting].append(predictions.seconds)
+            exit_layers[setting] = predictions.exit_layers
+    full_depth_seconds = np.median(seconds[baseline])
+    return {setting.label: {"wall_speedup": float(full_depth_seconds / np.median(seconds[setting])),
+                            "simulation_agreement": float(np.mean(
+                                exit_layers[setting] == simulate(full_depth, setting, 0.1).exit_layers))}
+            for setting in settings}
 
 
 def rule_settings(num_layers):
@@ -227,19 +267,30 @@ def format_report(study, args):
                                                                         "agrees with full depth")):
                 values = np.mean([layers[name] for layers in summary["layers"].values()], axis=0)
                 lines.append(f"| {recipe} | {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
-        lines += ["", "| recipe | rule | best setting | accuracy | vs plain | layer speed-up |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", f"| recipe | rule | best setting | accuracy | vs plain | layer speed-up | wall speed-up, batch "
+                      f"{WALL_BATCH_SIZE} |", "|---|---|---|---|---|---|---|"]
         for recipe, summary in budget["recipes"].items():
             bounds = [s for s in summary["settings"] if s["rule"] in ("full depth", "oracle")]
             for rule, best in [*((s["rule"], s) for s in bounds[:1]), *summary["best"].items(),
                                *((s["setting"], s) for s in bounds[1:])]:
                 if best is None:
-                    lines.append(f"| {recipe} | {rule} | none within {TOLERANCE:g} point | | | |")
+                    lines.append(f"| {recipe} | {rule} | none within {TOLERANCE:g} point | | | | |")
                     continue
                 spread = "" if best["accuracy_std"] is None else f" ± {best['accuracy_std']:.1f}"
                 mean, low, high = best["vs_plain"]
+                wall = ""
+                if "wall_speedup" in best:
+                    wall = f"{best['wall_speedup']:.2f}x"
+                    if len(best["wall_speedup_per_seed"]) > 1:
+                        wall += " (" + ", ".join(f"{value:.2f}" for value in best["wall_speedup_per_seed"]) + ")"
                 lines.append(f"| {recipe} | {rule} | {best['setting']} | {best['accuracy']:.1f}{spread} | "
-                             f"{mean:+.1f} [{low:+.1f}, {high:+.1f}] | {best['layer_speedup']:.2f}x |")
+                             f"{mean:+.1f} [{low:+.1f}, {high:+.1f}] | {best['layer_speedup']:.2f}x | {wall} |")
+        if "wall_timing" in budget:
+            timing = budget["wall_timing"]
+            lines += ["", f"Wall speed-up: real early exit of {timing['recipe']} on the dev set at batch "
+                          f"{timing['batch_size']}, against full depth in the same {timing['rounds']} interleaved "
+                          f"rounds ({timing['threads']} threads), median per seed, mean over seeds (per seed in "
+                          "brackets)."]
         lines.append("")
     return "\n".join(lines)
 
@@ -251,6 +302,29 @@ def leading_recipe(budget):
         return max((best["layer_speedup"] for best in bests if best), default=0.0)
 
     return max(budget["recipes"], key=speedup)
+
+
+def time_leading_recipe(args, budget, full_depth):
+    """
+    Times each rule's best setting of the budget's leading recipe on every seed of it (see `time_settings`), and adds
+    to that setting its wall speed-up (mean over seeds, and per seed) and its agreement with the simulation.
+    """
+    recipe = budget["leading_recipe"]
+    summary = budget["recipes"][recipe]
+    by_label = {setting.label: setting for settings in rule_settings(budget["num_layers"]).values()
+                for setting in settings}
+    best = {rule: best for rule, best in summary["best"].items() if best}
+    timings = {seed: time_settings(run_dir(args, budget["epochs"], recipe, seed), args.data_dir,
+                                   [by_label[entry["setting"]] for entry in best.values()], args.wall_rounds,
+                                   full_depth[recipe, seed])
+               for seed in summary["seeds"]}
+    for entry in best.values():
+        per_seed = [timings[seed][entry["setting"]] for seed in summary["seeds"]]
+        entry["wall_speedup_per_seed"] = [timing["wall_speedup"] for timing in per_seed]
+        entry["wall_speedup"] = float(np.mean(entry["wall_speedup_per_seed"]))
+        entry["simulation_agreement"] = float(np.mean([timing["simulation_agreement"] for timing in per_seed]))
+    budget["wall_timing"] = {"recipe": recipe, "batch_size": WALL_BATCH_SIZE, "rounds": args.wall_rounds,
+                             "threads": torch.get_num_threads()}
 
 
 def plot_frontier(budget, recipe, path):
@@ -298,12 +372,12 @@ def main(argv=None):
 
     study = []
     for epochs in args.num_train_epochs:
-        runs, layers = {}, {}
+        runs, layers, full_depth = {}, {}, {}
         for recipe in args.recipes:
             for seed in args.seeds[recipe]:
                 output_dir = train(args, epochs, recipe, seed, num_layers)
-                runs[recipe, seed], layers[recipe, seed] = analyse_run(full_depth_pass(output_dir, args.data_dir),
-                                                                       num_layers)
+                full_depth[recipe, seed] = full_depth_pass(output_dir, args.data_dir)
+                runs[recipe, seed], layers[recipe, seed] = analyse_run(full_depth[recipe, seed], num_layers)
         budget = {"epochs": epochs, "num_layers": num_layers, "recipes": {}}
         plain_runs = {seed: runs["plain", seed] for seed in args.seeds["plain"]}
         for recipe in args.recipes:
@@ -316,6 +390,8 @@ def main(argv=None):
             budget["recipes"][recipe] = {"flags": RECIPES[recipe], "seeds": seeds, "settings": settings,
                                          "best": best, "layers": {str(seed): layers[recipe, seed] for seed in seeds}}
         budget["leading_recipe"] = leading_recipe(budget)
+        if args.wall_rounds:
+            time_leading_recipe(args, budget, full_depth)
         study.append(budget)
 
     report = format_report(study, args)

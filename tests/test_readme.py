@@ -61,3 +61,23 @@ def test_python_example_runs():
     assert model.config.patience == 2
     # With patience 2 the earliest exit is layer 3; the MiniLM has 6 layers.
     assert all(3 <= layer <= 6 for layer in output.exit_layers.tolist())
+
+
+def demo_script_arguments():
+    """The arguments demo.sh gives run_glue_with_pabee.py, before the user's own ("$@")."""
+    script = (Path(__file__).resolve().parent.parent / "demo.sh").read_text().replace("\\\n", " ")
+    (line,) = [line for line in script.splitlines() if line.startswith("python run_glue_with_pabee.py")]
+    argv = shlex.split(line)[2:]
+    assert argv[-1] == "$@"  # the user's flags come last, so they override the demo's
+    return argv[:-1]
+
+
+def test_demo_trains_the_documented_recipe_and_the_readme_override_gives_the_papers():
+    demo = run_glue_with_pabee.parse_args(demo_script_arguments())
+    assert (demo.exit_pooling, demo.classifier_lr_multiplier, demo.self_distillation_weight,
+            demo.self_distillation_temperature, demo.gradient_equilibrium) == ("mean", 10.0, 1.0, 2.0, True)
+    assert demo.patience == [0, 1, 2, 3, 4, 5] and demo.exit_confidence == [0.75]
+    (override,) = re.findall(r"`bash demo\.sh (--[^`]*)` runs the\s+paper's recipe", README)
+    paper = run_glue_with_pabee.parse_args(demo_script_arguments() + shlex.split(override))
+    assert (paper.exit_pooling, paper.classifier_lr_multiplier, paper.self_distillation_weight,
+            paper.gradient_equilibrium) == ("pooler", 1.0, 0.0, False)

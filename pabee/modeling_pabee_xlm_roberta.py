@@ -383,6 +383,28 @@ class ScaleGradient(torch.autograd.Function):
         return gradient * ctx.scale, None
 
 
+# Copied from pabee.modeling_pabee_bert.move_padding_to_the_right
+def move_padding_to_the_right(attention_mask, *token_inputs):
+    """
+    Left-padded inputs (padding before an example's tokens, as a tokenizer with `padding_side="left"` makes them)
+    with the padding moved after the tokens: each example's tokens then sit at the positions, and its first token at
+    the place the pooler reads, that they have when it runs alone. `token_inputs` (`(batch_size, seq_len, ...)`
+    tensors or None) are reordered the same way; inputs whose first column holds no padding are returned as they are.
+    """
+    if attention_mask is None or bool(attention_mask[:, 0].all()):
+        return (attention_mask, *token_inputs)
+    order = torch.sort(attention_mask == 0, dim=1, stable=True).indices  # each example's tokens first, in order
+
+    def reorder(tensor):
+        if tensor is None:
+            return None
+        tensor = tensor.expand(attention_mask.shape[0], *tensor.shape[1:])  # position_ids may be (1, seq_len)
+        index = order.view(*order.shape, *[1] * (tensor.dim() - 2)).expand_as(tensor)
+        return tensor.gather(1, index)
+
+    return (reorder(attention_mask), *[reorder(tensor) for tensor in token_inputs])
+
+
 # Copied from pabee.modeling_pabee_bert.drop_padding_columns
 def drop_padding_columns(hidden_states, attention_mask):
     """
@@ -591,6 +613,9 @@ class XLMRobertaForSequenceClassificationWithPabee(XLMRobertaPreTrainedModel):
         exit_settings["patience"] = exit_settings["patience"].__index__()  # e.g. a numpy integer from a sweep
 
         backbone = self.base_model
+        attention_mask, input_ids, token_type_ids, position_ids, inputs_embeds = move_padding_to_the_right(
+            attention_mask, input_ids, token_type_ids, position_ids, inputs_embeds
+        )
         hidden_states = backbone.embed(input_ids, token_type_ids, position_ids, inputs_embeds)
         full_depth_outputs = output_hidden_states or output_attentions  # of every layer, at the input's length
         if not full_depth_outputs:

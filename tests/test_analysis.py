@@ -24,13 +24,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def offline_and_single_threaded():
+def single_threaded():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-        yield
+    yield
     torch.set_num_threads(threads)
 
 

@@ -1004,7 +1004,6 @@ def test_bad_regression_threshold_raises(variant, threshold):
 def test_bad_num_labels_raises(variant):
     config = make_config(variant, 3)
     config.num_labels = 0
-    assert config.num_labels == 0
     with pytest.raises(ValueError, match="num_labels must be >= 1"):
         FAMILIES[VARIANTS[variant][0]][3](config)
 

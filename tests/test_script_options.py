@@ -20,8 +20,8 @@ from test_run_glue import (  # noqa: F401 (fixtures)
     eval_args,
     glue,
     models,
-    offline_and_single_threaded,
     read_runs,
+    single_threaded,
 )
 
 # ---------------------------------------------------------------------------------------------------------------------

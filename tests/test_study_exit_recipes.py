@@ -21,8 +21,7 @@ def study():
     return module
 
 
-def test_tiny_study(study, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_tiny_study(study, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = save_tiny_model(tmp_path / "model", "bert")

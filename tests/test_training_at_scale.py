@@ -23,8 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LEARNING_RATE = 1e-3
 SCRIPT = str(REPO_ROOT / "run_glue_with_pabee.py")
 # One thread per process: two processes share two cores, and tiny matrices gain nothing from more.
-ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "PYTHONPATH": str(REPO_ROOT)}
+# The subprocesses inherit offline mode from tests/conftest.py.
+ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,17 @@ from .glue import main_metric_name, submission_file_name, write_submission
 def exit_settings(args):
     """
     The sweep: every --patience, then every --patience above 0 under every --exit_confidence gate (a grid), then
-    every threshold of a second --exit_criterion.
+    every threshold of a second --exit_criterion; with --max_exit_layer or --slowdown_guard, each of them again
+    under those defences.
     """
     settings = [ExitSetting("patience", patience) for patience in args.patience]
     settings += [ExitSetting("patience", patience, confidence) for confidence in args.exit_confidence
                  for patience in args.patience if patience > 0]
     if args.exit_criterion != "patience":
         settings += [ExitSetting(args.exit_criterion, threshold) for threshold in args.exit_thresholds]
+    max_exit_layer, slowdown_guard = getattr(args, "max_exit_layer", None), getattr(args, "slowdown_guard", None)
+    if max_exit_layer is not None or slowdown_guard is not None:
+        settings += [setting.defended(max_exit_layer, slowdown_guard) for setting in settings]
     return settings
 
 

@@ -20,6 +20,8 @@ from test_modeling import (
     set_classifier_outputs,
 )
 
+from test_share_model import TEXTS, trained_folder  # noqa: F401 (a fixture)
+
 from pabee.modeling_pabee_bert import guard_flag_layers, uncertainty_scores
 
 
@@ -194,3 +196,60 @@ def test_guard_needs_classes_and_defences_survive_save_and_load(tmp_path):
         lifted = reloaded(input_ids, attention_mask=attention_mask, patience=0, max_exit_layer=4, slowdown_guard=1.0)
     assert not lifted.guard_fired.any() and lifted.exit_layers.tolist() == [4] * len(LENGTHS)
     assert saved.guard_fired is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The defences from the command lines and in the sweep's settings
+
+
+def classify_lines(capsys, folder, *argv):
+    from pabee import classify
+
+    classify.main(["--model", str(folder), *map(str, argv)])
+    return capsys.readouterr().out.splitlines()
+
+
+def test_classify_takes_the_defences(trained_folder, capsys):
+    lines = classify_lines(capsys, trained_folder, "--patience", "0", "--max_exit_layer", "2", *TEXTS)
+    assert [line.split("\t")[2] for line in lines[1:]] == ["2/6"] * len(TEXTS)
+    # Every running score is above 0: a guard of 0 flags every text at layer 1, which then exits there (no cap).
+    lines = classify_lines(capsys, trained_folder, "--patience", "0", "--slowdown_guard", "0", *TEXTS)
+    assert lines[0] == "label\tprobability\texit layer\tguard\tinput"
+    assert [tuple(line.split("\t")[2:4]) for line in lines[1:]] == [("1/6", "fired")] * len(TEXTS)
+    lines = classify_lines(capsys, trained_folder, "--slowdown_guard", "1", *TEXTS)
+    assert {line.split("\t")[3] for line in lines[1:]} == {"-"}
+
+
+@pytest.mark.parametrize("argv, words", [(["--max_exit_layer", "0"], "--max_exit_layer must be"),
+                                         (["--max_exit_layer", "7"], "more than the 6 layers"),
+                                         (["--slowdown_guard", "1.5"], "--slowdown_guard must be"),
+                                         (["--slowdown_guard", "nan"], "--slowdown_guard must be")])
+def test_classify_bad_defences_are_one_line_errors(argv, words, trained_folder, capsys):
+    from pabee import classify
+
+    with pytest.raises(SystemExit) as exit_info:
+        classify.main(["--model", str(trained_folder), *argv, "a film"])
+    # argparse's errors are printed (exit code 2); those that need the model are the exit message
+    code = exit_info.value.code
+    message = capsys.readouterr().err if code == 2 else f"{code}\n"
+    assert message.count("\n") == 1 and words in message, message
+
+
+def test_sweep_adds_each_setting_under_the_defences():
+    from argparse import Namespace
+
+    from pabee.evaluation import ExitSetting
+    from pabee.sweep import exit_settings
+
+    args = Namespace(patience=[0, 2], exit_confidence=[0.75], exit_criterion="entropy", exit_thresholds=[0.2],
+                     max_exit_layer=4, slowdown_guard=None)
+    settings = exit_settings(args)
+    plain = [ExitSetting("patience", 0), ExitSetting("patience", 2), ExitSetting("patience", 2, 0.75),
+             ExitSetting("entropy", 0.2)]
+    assert settings == plain + [setting.defended(4, None) for setting in plain]
+    assert settings[-1].label == "entropy < 0.2, cap 4"
+    assert settings[-1].model_kwargs(0.1)["max_exit_layer"] == 4
+    assert ExitSetting.from_entry(settings[-1].as_dict()) == settings[-1]
+    guarded = ExitSetting("patience", 1, 0.75).defended(4, 0.3)
+    assert guarded.slug == "patience_1_confidence_ge_0.75_cap_4_guard_0.3"
+    assert ExitSetting.from_entry(guarded.as_dict()) == guarded and not guarded.defended().is_defended

@@ -253,14 +253,12 @@ def add_wall_speedups(model, tokenizer, run, examples, max_length, rounds):
 
 
 def fmt(entry, percent=False, digits=2):
+    """An interval {"value", "low", "high"} as "81.0% [77.2, 84.6]" (percent) or "1.71 [1.60, 1.83]"."""
     if entry is None:
         return "-"
-    if isinstance(entry, dict):
-        scale = 100 if percent else 1
-        unit = "%" if percent else ""
-        return (f"{entry['value'] * scale:.{1 if percent else digits}f}{unit} "
-                f"[{entry['low'] * scale:.{1 if percent else digits}f}, {entry['high'] * scale:.{1 if percent else digits}f}]")
-    return f"{entry:.{digits}f}"
+    scale, unit, digits = (100, "%", 1) if percent else (1, "", digits)
+    value, low, high = (entry[key] * scale for key in ("value", "low", "high"))
+    return f"{value:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def robustness_claim(runs, seed):
@@ -296,7 +294,8 @@ def write_markdown(path, study):
         mis = [run for run in runs if run["goal"] == "misclassification"]
         if mis:
             lines += ["### Misclassification", "",
-                      "| rule | setting | clean accuracy | accuracy under attack | success rate | queries | words changed |",
+                      "| rule | setting | clean accuracy | accuracy under attack | success rate | queries | words "
+                      "changed |",
                       "|---|---|---|---|---|---|---|"]
             lines += [f"| {r['rule']} | {r['setting']} | {fmt(r['clean_accuracy'], True)} | "
                       f"{fmt(r['attacked_accuracy'], True)} | {fmt(r['success_rate'], True)} | "
@@ -306,8 +305,9 @@ def write_markdown(path, study):
         if slow:
             timed = any("wall_speedup_clean" in r for r in slow)
             lines += ["### Slowdown", "",
-                      "| rule | setting | goal | layer speed-up, clean | layer speed-up, attacked | at the last layer, "
-                      "clean → attacked | efficacy, clean → attacked | accuracy, clean → attacked | guard ROC AUC |"
+                      "| rule | setting | goal | layer speed-up, clean | layer speed-up, attacked | at the last "
+                      "layer, clean → attacked | efficacy, clean → attacked | accuracy, clean → attacked | guard "
+                      "ROC AUC |"
                       + (" wall speed-up at batch 32, clean → attacked |" if timed else ""),
                       "|---|---|---|---|---|---|---|---|---|" + ("---|" if timed else "")]
             for r in slow:
@@ -330,9 +330,11 @@ def write_markdown(path, study):
         lines.append("")
     for model, info in study["models"].items():
         lines += [f"### Defences of the demo rule on {model}, clean (every cap and guard of the grid)", "",
-                  "| setting | clean accuracy | clean layer speed-up | worst-case layer speed-up |", "|---|---|---|---|"]
+                  "| setting | clean accuracy | clean layer speed-up | worst-case layer speed-up |",
+                  "|---|---|---|---|"]
+        worst = "{:.2f}x".format
         lines += [f"| {p['setting']} | {p['clean_accuracy']:.1%} | {p['clean_layer_speedup']:.2f}x | "
-                  f"{'-' if p['worst_case_layer_speedup'] is None else format(p['worst_case_layer_speedup'], '.2f') + 'x'} |"
+                  f"{'-' if p['worst_case_layer_speedup'] is None else worst(p['worst_case_layer_speedup'])} |"
                   for p in info["frontier"]]
         lines.append("")
     Path(path).write_text("\n".join(lines) + "\n")
@@ -469,7 +471,8 @@ def run(args):
                     add_wall_speedups(model, tokenizer, summary, examples[summary["key"]], args.max_seq_length,
                                       args.wall_rounds)
             save(args, study, examples)
-    print(f"Wrote {args.output_json}, {examples_path(args)}, {args.output_md}" + (f", {args.plot}" if args.plot else ""))
+    written = [args.output_json, examples_path(args), args.output_md] + ([args.plot] if args.plot else [])
+    print(f"Wrote {', '.join(written)}")
 
 
 if __name__ == "__main__":

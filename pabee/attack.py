@@ -33,7 +33,6 @@ import re
 import sys
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -475,8 +474,8 @@ def format_results(config, results):
         outcome = ("skipped (already wrong)" if result.skipped else
                    f"{'success' if result.success else 'failure'}, {result.queries} queries, "
                    f"{result.words_changed} of {result.words} words changed")
-        lines += [f"[{number}] clean\t{clean}\t{result.text}", f"[{number}] attacked\t{attacked}\t{result.adversarial}",
-                  f"[{number}] {outcome}"]
+        lines += [f"[{number}] clean\t{clean}\t{result.text}",
+                  f"[{number}] attacked\t{attacked}\t{result.adversarial}", f"[{number}] {outcome}"]
     return "\n".join(lines)
 
 

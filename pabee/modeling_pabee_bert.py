@@ -337,8 +337,8 @@ def uncertainty_scores(logits):
 def guard_flag_layers(all_layer_logits, slowdown_guard):
     """
     The first layer (1-based) at which each example's running uncertainty score (the mean of `uncertainty_scores`
-    over layers 1..l) passes `slowdown_guard` (strictly), from every layer's logits; num_layers + 1 where it never does.
-    The running sum is taken layer by layer, as early exit takes it.
+    over layers 1..l) passes `slowdown_guard` (strictly), from every layer's logits; num_layers + 1 where it never
+    does. The running sum is taken layer by layer, as early exit takes it.
     """
     batch_size, num_layers, _ = all_layer_logits.shape
     scores = uncertainty_scores(all_layer_logits)  # (batch_size, num_layers)

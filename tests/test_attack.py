@@ -9,7 +9,6 @@ import random
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from fixtures_glue import save_tiny_model

@@ -230,6 +230,18 @@ def parse_args(argv=None):
     pabee.add_argument("--exit_thresholds", type=threshold_list, default=None,
                        help="Thresholds of --exit_criterion entropy or confidence, comma-separated (e.g. "
                             "0.05,0.1,0.2 for entropy, 0.9,0.95,0.99 for confidence).")
+    pabee.add_argument("--max_exit_layer", type=int, default=None,
+                       help="Slowdown defence: also evaluate every setting above with this cap on depth (a layer in "
+                            "1..the number of layers): an example still running at the cap answers with the cap "
+                            "layer's classifier, so no input, adversarial or not, costs more layers. With "
+                            "--slowdown_guard, only the examples the guard flags are held to the cap. The undefended "
+                            "settings are evaluated too, for comparison.")
+    pabee.add_argument("--slowdown_guard", type=float, default=None,
+                       help="Slowdown defence: also evaluate every setting above with this guard, a threshold in "
+                            "[0, 1] on the running uncertainty score (the mean, over the layers run so far, of 1 - "
+                            "the normalised L1 distance of each classifier's softmax from uniform): an example whose "
+                            "score passes it is held to --max_exit_layer, or exits at once with no cap. "
+                            "Classification only.")
     pabee.add_argument("--sweep_from_one_pass", action="store_true",
                        help="Take every exit setting's answers from one full-depth pass (each layer's logits do not "
                             "depend on where an example stops, so this is exact) instead of a timed early-exit run "
@@ -324,6 +336,13 @@ def parse_args(argv=None):
     if args.exit_confidence and args.task.is_regression:
         parser.error(f"--exit_confidence gates patience on class probabilities: {args.task.name} is a regression "
                      "task, which has none")
+    if args.max_exit_layer is not None and args.max_exit_layer < 1:
+        parser.error(f"--max_exit_layer must be a layer >= 1, got {args.max_exit_layer}")
+    if args.slowdown_guard is not None and not 0 <= args.slowdown_guard <= 1:  # NaN fails both
+        parser.error(f"--slowdown_guard must be a score in [0, 1], got {args.slowdown_guard}")
+    if args.slowdown_guard is not None and args.task.is_regression:
+        parser.error(f"--slowdown_guard reads class probabilities: {args.task.name} is a regression task, which has "
+                     "none")
     if not args.self_distillation_weight >= 0:
         parser.error(f"--self_distillation_weight must be >= 0, got {args.self_distillation_weight}")
     if not args.self_distillation_temperature > 0:
@@ -554,6 +573,8 @@ def sweep_options(args):
         sweep_from_one_pass=args.sweep_from_one_pass,
         eval_batch_size=args.per_gpu_eval_batch_size,
         output_dir=args.output_dir,
+        max_exit_layer=args.max_exit_layer,
+        slowdown_guard=args.slowdown_guard,
     )
 
 
@@ -666,6 +687,9 @@ def run(args):
     if args.max_seq_length > max_model_length(config):
         raise InputError(f"--max_seq_length {args.max_seq_length} is more than the {max_model_length(config)} "
                          f"tokens the model's {config.max_position_embeddings} positions cover")
+    if args.max_exit_layer is not None and args.max_exit_layer > config.num_hidden_layers:
+        raise InputError(f"--max_exit_layer {args.max_exit_layer} is more than the model's {config.num_hidden_layers} "
+                         "layers")
     if args.regression_threshold is None:
         saved_threshold = None if args.do_train else getattr(config, "regression_threshold", None)
         args.regression_threshold = DEFAULT_REGRESSION_THRESHOLD if saved_threshold is None else saved_threshold

@@ -3,6 +3,7 @@
     python -m pabee.classify --model output/demo "a gripping, funny film" "dull and far too long"
     python -m pabee.classify --model output/demo --file reviews.txt --patience 2   # one text per line
     python -m pabee.classify --model output/demo --patience 1 --exit_confidence 0.75 "a gripping, funny film"
+    python -m pabee.classify --model output/demo --patience 1 --exit_confidence 0.75 --max_exit_layer 4 "a fine film"
     printf 'A man plays.\\tSomeone plays.\\n' | python -m pabee.classify --model output/mrpc   # pairs: tab-separated
 
 Texts come from the arguments, else from --file, else from standard input: one text, or a tab-separated sentence pair,
@@ -10,7 +11,8 @@ per line (blank lines are skipped). The model answers with early exit at the pat
 with it, or --patience (and --exit_confidence).
 Inputs run in batches of --batch_size, with the same answers as one at a time. One line is printed per input, in
 order: label (the config's label names where it has them), probability, exit layer out of the model's layers, the
-input; a regression model prints its score instead of a label and a probability.
+input; a regression model prints its score instead of a label and a probability. With --slowdown_guard, a column
+says whether the guard fired.
 """
 
 import argparse
@@ -34,6 +36,7 @@ class Answer:
     label_id: int | None
     value: float
     exit_layer: int
+    guard_fired: bool | None = None  # None when the slowdown guard is off
 
 
 class InputError(Exception):
@@ -109,8 +112,12 @@ def check_input_kind(inputs, config):
 
 
 @torch.no_grad()
-def classify(model, tokenizer, inputs, patience=None, batch_size=32, max_length=None, exit_confidence=None):
-    """The model's `Answer` for each (text, text_b or None) of `inputs`, in order, run `batch_size` at a time."""
+def classify(model, tokenizer, inputs, patience=None, batch_size=32, max_length=None, exit_confidence=None,
+             max_exit_layer=None, slowdown_guard=None):
+    """
+    The model's `Answer` for each (text, text_b or None) of `inputs`, in order, run `batch_size` at a time. The exit
+    settings left None are the model's own.
+    """
     device = next(model.parameters()).device
     answers = []
     for start in range(0, len(inputs), batch_size):
@@ -124,13 +131,15 @@ def classify(model, tokenizer, inputs, patience=None, batch_size=32, max_length=
             max_length=max_length or max_model_length(model.config),
             return_tensors="pt",
         ).to(device)
-        output = model(**encoded, patience=patience, exit_confidence=exit_confidence)
+        output = model(**encoded, patience=patience, exit_confidence=exit_confidence, max_exit_layer=max_exit_layer,
+                       slowdown_guard=slowdown_guard)
         if model.config.num_labels == 1:
             values, label_ids = output.logits[:, 0].tolist(), [None] * len(batch)
         else:
             probabilities, ids = output.logits.float().softmax(dim=-1).max(dim=-1)
             values, label_ids = probabilities.tolist(), ids.tolist()
-        answers += [Answer(*fields) for fields in zip(label_ids, values, output.exit_layers.tolist())]
+        fired = [None] * len(batch) if output.guard_fired is None else output.guard_fired.tolist()
+        answers += [Answer(*fields) for fields in zip(label_ids, values, output.exit_layers.tolist(), fired)]
     return answers
 
 
@@ -143,10 +152,15 @@ def label_name(config, label_id):
 def format_answers(config, inputs, answers):
     num_layers = config.num_hidden_layers
     regression = config.num_labels == 1
+    guarded = any(answer.guard_fired is not None for answer in answers)
     lines = ["score\texit layer\tinput" if regression else "label\tprobability\texit layer\tinput"]
+    if guarded:
+        lines[0] = lines[0].replace("exit layer", "exit layer\tguard")
     for (text, text_b), answer in zip(inputs, answers):
         shown = text if text_b is None else f"{text}\t{text_b}"
         exit_layer = f"{answer.exit_layer}/{num_layers}"
+        if guarded:
+            exit_layer += "\tfired" if answer.guard_fired else "\t-"
         if regression:
             lines.append(f"{answer.value:.3f}\t{exit_layer}\t{shown}")
         else:
@@ -174,6 +188,15 @@ def parse_args(argv=None):
                         help="Confidence gate on the patience counter: a layer counts toward the patience only if its "
                              "prediction agrees with the previous layer's at a top-class probability of at least "
                              "this (0: plain PABEE; classification only). Default: the one saved with the model.")
+    parser.add_argument("--max_exit_layer", type=int, default=None,
+                        help="Slowdown defence: a cap on depth; an input still running at this layer answers with its "
+                             "classifier (with --slowdown_guard, only the inputs the guard flags are held to it). "
+                             "Default: the one saved with the model (usually none).")
+    parser.add_argument("--slowdown_guard", type=float, default=None,
+                        help="Slowdown defence: a threshold in [0, 1] on the running uncertainty score of the layers "
+                             "run so far; an input whose score passes it is held to --max_exit_layer, or exits at "
+                             "once with no cap. Classification only. Default: the one saved with the model (usually "
+                             "none).")
     parser.add_argument("--batch_size", type=int, default=32,
                         help="Inputs run together; the answers are the same at any batch size.")
     parser.add_argument("--max_seq_length", type=int, default=None,
@@ -185,6 +208,10 @@ def parse_args(argv=None):
         parser.error(f"--patience must be >= 0 (0 runs every layer), got {args.patience}")
     if args.exit_confidence is not None and not 0 <= args.exit_confidence <= 1:  # NaN fails both
         parser.error(f"--exit_confidence must be a probability in [0, 1] (0: plain PABEE), got {args.exit_confidence}")
+    if args.max_exit_layer is not None and args.max_exit_layer < 1:
+        parser.error(f"--max_exit_layer must be a layer >= 1, got {args.max_exit_layer}")
+    if args.slowdown_guard is not None and not 0 <= args.slowdown_guard <= 1:  # NaN fails both
+        parser.error(f"--slowdown_guard must be a score in [0, 1], got {args.slowdown_guard}")
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.max_seq_length is not None and args.max_seq_length < 2:
@@ -221,10 +248,16 @@ def main(argv=None):
         if args.exit_confidence and model.config.num_labels == 1:
             raise InputError(f"--exit_confidence gates on class probabilities; the model in {args.model} is a "
                              "regression model, which has none")
+        if args.max_exit_layer is not None and args.max_exit_layer > model.config.num_hidden_layers:
+            raise InputError(f"--max_exit_layer {args.max_exit_layer} is more than the "
+                             f"{model.config.num_hidden_layers} layers of the model in {args.model}")
+        if args.slowdown_guard is not None and model.config.num_labels == 1:
+            raise InputError(f"--slowdown_guard reads class probabilities; the model in {args.model} is a "
+                             "regression model, which has none")
         if torch.cuda.is_available():
             model = model.cuda()
         answers = classify(model, tokenizer, inputs, args.patience, args.batch_size, args.max_seq_length,
-                           args.exit_confidence)
+                           args.exit_confidence, args.max_exit_layer, args.slowdown_guard)
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
     print(format_answers(model.config, inputs, answers))

@@ -28,22 +28,35 @@ class ExitSetting:
     """
     One point of a sweep: a patience (optionally with the confidence gate `confidence` on its counter), a threshold
     of another exit criterion, or one of the oracle bounds (criterion "oracle" or "oracle-correct", value unused).
+    A rule may carry the slowdown defences: the depth cap `max_exit_layer` and the uncertainty guard `slowdown_guard`
+    (see the model's config).
     """
 
     criterion: str  # "patience", "entropy", "confidence", or an oracle (see ORACLES)
     value: float  # the patience (an integer) or the threshold
     confidence: float = 0.0  # the gate of gated patience: 0 is plain PABEE
+    max_exit_layer: int | None = None
+    slowdown_guard: float | None = None
 
     @classmethod
     def from_entry(cls, entry):
         """The setting of a result entry (see `as_dict`)."""
+        defences = {"max_exit_layer": entry.get("max_exit_layer"), "slowdown_guard": entry.get("slowdown_guard")}
         if entry["criterion"] == "patience":
-            return cls("patience", entry["patience"], entry.get("exit_confidence") or 0.0)
-        return cls(entry["criterion"], 0 if entry["criterion"] in ORACLES else entry["threshold"])
+            return cls("patience", entry["patience"], entry.get("exit_confidence") or 0.0, **defences)
+        return cls(entry["criterion"], 0 if entry["criterion"] in ORACLES else entry["threshold"], **defences)
+
+    @property
+    def is_defended(self):
+        return self.max_exit_layer is not None or self.slowdown_guard is not None
+
+    def defended(self, max_exit_layer=None, slowdown_guard=None):
+        """This rule with the given slowdown defences (None: off)."""
+        return ExitSetting(self.criterion, self.value, self.confidence, max_exit_layer, slowdown_guard)
 
     @property
     def is_full_depth(self):
-        return self.criterion == "patience" and self.value == 0
+        return self.criterion == "patience" and self.value == 0 and not self.is_defended
 
     @property
     def is_oracle(self):
@@ -58,10 +71,12 @@ class ExitSetting:
     def label(self):
         if self.is_oracle:
             return f"oracle: {ORACLES[self.criterion]}"
+        defences = "" if self.max_exit_layer is None else f", cap {self.max_exit_layer}"
+        defences += "" if self.slowdown_guard is None else f", guard {self.slowdown_guard:g}"
         if self.criterion == "patience":
             gate = f", confidence >= {self.confidence:g}" if self.confidence else ""
-            return f"patience {int(self.value)}{gate}"
-        return f"{self.criterion} {'<' if self.criterion == 'entropy' else '>'} {self.value:g}"
+            return f"patience {int(self.value)}{gate}{defences}"
+        return f"{self.criterion} {'<' if self.criterion == 'entropy' else '>'} {self.value:g}{defences}"
 
     @property
     def slug(self):
@@ -76,19 +91,26 @@ class ExitSetting:
         """The keyword arguments of the model's forward that select this setting."""
         if self.is_oracle:
             raise ValueError(f"{self.label} is a bound computed from every layer's answers, not a rule a model runs")
+        defences = {}
+        if self.max_exit_layer is not None:
+            defences["max_exit_layer"] = int(self.max_exit_layer)
+        if self.slowdown_guard is not None:
+            defences["slowdown_guard"] = float(self.slowdown_guard)
         if self.criterion == "patience":
             return {"exit_criterion": "patience", "patience": int(self.value),
-                    "regression_threshold": regression_threshold, "exit_confidence": float(self.confidence)}
+                    "regression_threshold": regression_threshold, "exit_confidence": float(self.confidence),
+                    **defences}
         return {"exit_criterion": self.criterion, "exit_threshold": float(self.value),
-                "regression_threshold": regression_threshold}
+                "regression_threshold": regression_threshold, **defences}
 
     def as_dict(self):
+        defences = {"max_exit_layer": self.max_exit_layer, "slowdown_guard": self.slowdown_guard}
         if self.criterion == "patience":
             return {"setting": self.label, "criterion": "patience", "patience": int(self.value), "threshold": None,
-                    "exit_confidence": float(self.confidence)}
+                    "exit_confidence": float(self.confidence), **defences}
         threshold = None if self.is_oracle else self.value
         return {"setting": self.label, "criterion": self.criterion, "patience": None, "threshold": threshold,
-                "exit_confidence": None}
+                "exit_confidence": None, **defences}
 
 
 @dataclass
@@ -162,6 +184,7 @@ def simulate(full_depth: Predictions, setting: ExitSetting, regression_threshold
         exit_layers = simulate_exit_layers(
             torch.from_numpy(full_depth.all_layer_logits), kwargs.get("patience", 0), regression_threshold,
             kwargs["exit_criterion"], kwargs.get("exit_threshold"), kwargs.get("exit_confidence", 0.0),
+            kwargs.get("max_exit_layer"), kwargs.get("slowdown_guard"),
         ).numpy()
     logits = full_depth.all_layer_logits[np.arange(len(exit_layers)), exit_layers - 1]
     return Predictions(logits=logits, labels=full_depth.labels, exit_layers=exit_layers, seconds=float("nan"))

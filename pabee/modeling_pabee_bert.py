@@ -51,6 +51,8 @@ PABEE_DEFAULTS = {
     "self_distillation_weight": 0.0,
     "self_distillation_temperature": 1.0,
     "gradient_equilibrium": False,
+    "max_exit_layer": None,
+    "slowdown_guard": None,
 }
 EXIT_POOLINGS = ("pooler", "mean")
 EXIT_CRITERIA = ("patience", "entropy", "confidence")
@@ -93,6 +95,14 @@ class PabeeBertConfig(BertConfig):
             Training: the temperature of self-distillation.
         gradient_equilibrium (`bool`, defaults to False):
             Training: rescale the gradient each layer receives from the classifiers (gradient equilibrium).
+        max_exit_layer (`int`, optional):
+            A cap on depth (1..num_hidden_layers): an example still running at this layer answers with its
+            classifier, so no input can cost more layers. With `slowdown_guard` set, only the examples the guard flags
+            are held to it. None: no cap.
+        slowdown_guard (`float`, optional):
+            A threshold in [0, 1] on the running uncertainty score (`uncertainty_scores`, averaged over the layers an
+            example has run): an example whose running score passes it (strictly) is held to `max_exit_layer`, or,
+            with no cap, exits at once. Classification only. None: off.
     """
 
     model_type = f"pabee_{BertConfig.model_type}"
@@ -107,6 +117,8 @@ class PabeeBertConfig(BertConfig):
     self_distillation_weight: float | int = PABEE_DEFAULTS["self_distillation_weight"]
     self_distillation_temperature: float | int = PABEE_DEFAULTS["self_distillation_temperature"]
     gradient_equilibrium: bool = PABEE_DEFAULTS["gradient_equilibrium"]
+    max_exit_layer: int | None = PABEE_DEFAULTS["max_exit_layer"]
+    slowdown_guard: float | int | None = PABEE_DEFAULTS["slowdown_guard"]
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
@@ -147,6 +159,8 @@ class PabeeSequenceClassifierOutput(ModelOutput):
             For each example, the 1-based index of the layer whose classifier answered.
         all_layer_logits (`torch.FloatTensor` of shape `(batch_size, num_layers, num_labels)`, optional):
             Every classifier's logits for every example, returned with `output_all_layer_logits=True`.
+        guard_fired (`torch.BoolTensor` of shape `(batch_size,)`, returned when `slowdown_guard` is set):
+            For each example, whether its running uncertainty score passed the slowdown guard at a layer it ran.
     """
 
     loss: torch.FloatTensor | None = None
@@ -155,6 +169,7 @@ class PabeeSequenceClassifierOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     exit_layers: torch.LongTensor | None = None
     all_layer_logits: torch.FloatTensor | None = None
+    guard_fired: torch.BoolTensor | None = None
 
 
 def check_pabee_settings(
@@ -169,8 +184,23 @@ def check_pabee_settings(
     self_distillation_weight=0.0,
     self_distillation_temperature=1.0,
     gradient_equilibrium=False,
+    max_exit_layer=None,
+    slowdown_guard=None,
+    num_layers=None,
 ):
     """Raise a `ValueError` that says how to fix a bad early-exit or training setting."""
+    if max_exit_layer is not None and (
+        not is_non_negative_integer(max_exit_layer) or max_exit_layer == 0
+        or (num_layers is not None and max_exit_layer > num_layers)
+    ):
+        layers = f"1..{num_layers}" if num_layers is not None else "an integer >= 1"
+        raise ValueError(f"max_exit_layer must be a layer in {layers} (None: no cap), got {max_exit_layer!r}")
+    if slowdown_guard is not None:
+        if not is_non_negative_number(slowdown_guard) or slowdown_guard > 1:
+            raise ValueError(f"slowdown_guard must be a score in [0, 1] (None: off), got {slowdown_guard!r}")
+        if num_labels == 1:
+            raise ValueError("slowdown_guard reads class probabilities, which regression (num_labels=1) has not: "
+                             f"set it to None, got {slowdown_guard!r}")
     if not is_non_negative_integer(patience):
         raise ValueError(f"patience must be an integer >= 0 (0 disables early exit), got {patience!r}")
     if not is_non_negative_number(regression_threshold):
@@ -287,19 +317,66 @@ def confident_exits(logits, exit_criterion, exit_threshold):
 
 
 def simulate_exit_layers(all_layer_logits, patience, regression_threshold, exit_criterion="patience",
-                         exit_threshold=None, exit_confidence=0.0):
+                         exit_threshold=None, exit_confidence=0.0, max_exit_layer=None, slowdown_guard=None):
     """
     The exit layer (1-based) of each example under any exit criterion, from every layer's logits: what real early
-    exit gives, computed from one full-depth pass, so a whole sweep of settings costs one pass.
+    exit gives, computed from one full-depth pass, so a whole sweep of settings costs one pass. `max_exit_layer`
+    and `slowdown_guard` apply as in the model (see `defended_exit_layers`).
     """
     if exit_criterion == "patience":
-        return patience_exit_layers(all_layer_logits, patience, regression_threshold, exit_confidence)
+        exit_layers = patience_exit_layers(all_layer_logits, patience, regression_threshold, exit_confidence)
+    elif all_layer_logits.shape[1] == 1:  # the only layer answers
+        exit_layers = torch.ones(all_layer_logits.shape[0], dtype=torch.long, device=all_layer_logits.device)
+    else:
+        num_layers = all_layer_logits.shape[1]
+        exits = confident_exits(all_layer_logits[:, :-1], exit_criterion, exit_threshold)  # (batch, num_layers - 1)
+        first_exit = exits.int().argmax(dim=-1) + 1  # argmax returns the first of equal maxima
+        exit_layers = torch.where(exits.any(dim=-1), first_exit, torch.full_like(first_exit, num_layers))
+    return defended_exit_layers(all_layer_logits, exit_layers, max_exit_layer, slowdown_guard)
+
+
+def uncertainty_scores(logits):
+    """
+    The uncertainty score of each classifier, from logits `(..., num_labels)` with at least 2 classes, after WAFFLE
+    (Coalson et al., NeurIPS 2023): 1 minus the L1 distance of its softmax from the uniform distribution, normalised
+    by the largest distance (a one-hot answer's, 2 (1 - 1/num_labels)). In [0, 1]: 1 for uniform, 0 for certain.
+    """
+    probabilities = logits.float().softmax(dim=-1)
+    num_labels = probabilities.shape[-1]
+    distance = (probabilities - 1.0 / num_labels).abs().sum(dim=-1)
+    return 1.0 - distance / (2.0 * (1.0 - 1.0 / num_labels))
+
+
+def guard_flag_layers(all_layer_logits, slowdown_guard):
+    """
+    The first layer (1-based) at which each example's running uncertainty score (the mean of `uncertainty_scores`
+    over layers 1..l) passes `slowdown_guard` (strictly), from every layer's logits; num_layers + 1 where it never
+    does. The running sum is taken layer by layer, as early exit takes it.
+    """
+    batch_size, num_layers, _ = all_layer_logits.shape
+    scores = uncertainty_scores(all_layer_logits)  # (batch_size, num_layers)
+    flag_layers = torch.full((batch_size,), num_layers + 1, dtype=torch.long, device=all_layer_logits.device)
+    score_sums = torch.zeros(batch_size, device=all_layer_logits.device)
+    for layer in range(1, num_layers + 1):
+        score_sums = score_sums + scores[:, layer - 1]
+        first_time = (score_sums / layer > slowdown_guard) & (flag_layers == num_layers + 1)
+        flag_layers[first_time] = layer
+    return flag_layers
+
+
+def defended_exit_layers(all_layer_logits, exit_layers, max_exit_layer=None, slowdown_guard=None):
+    """
+    The exit layers of `exit_layers` (an exit rule's, from every layer's logits `all_layer_logits`) under the slowdown
+    defences. With only a cap, every example exits at min(its layer, `max_exit_layer`). With the guard, an example
+    flagged at layer f (see `guard_flag_layers`) before its own exit is held to max(f, cap), or exits at f with no
+    cap; unflagged examples are not capped.
+    """
     num_layers = all_layer_logits.shape[1]
-    if num_layers == 1:  # the only layer answers
-        return torch.ones(all_layer_logits.shape[0], dtype=torch.long, device=all_layer_logits.device)
-    exits = confident_exits(all_layer_logits[:, :-1], exit_criterion, exit_threshold)  # (batch, num_layers - 1)
-    first_exit = exits.int().argmax(dim=-1) + 1  # argmax returns the first of equal maxima
-    return torch.where(exits.any(dim=-1), first_exit, torch.full_like(first_exit, num_layers))
+    if slowdown_guard is None:
+        return exit_layers if max_exit_layer is None else exit_layers.clamp(max=max_exit_layer)
+    flag_layers = guard_flag_layers(all_layer_logits, slowdown_guard)
+    held_to = flag_layers if max_exit_layer is None else flag_layers.clamp(min=max_exit_layer)
+    return torch.minimum(exit_layers, held_to.clamp(max=num_layers))
 
 
 def weighted_layer_loss(layer_logits, labels, layer_loss_weights="linear"):
@@ -490,8 +567,11 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
                 setattr(config, name, value)
         if config.num_labels < 1:
             raise ValueError(f"num_labels must be >= 1 (1 means regression), got {config.num_labels}")
-        check_pabee_settings(**{name: getattr(config, name) for name in PABEE_DEFAULTS}, num_labels=config.num_labels)
+        check_pabee_settings(**{name: getattr(config, name) for name in PABEE_DEFAULTS}, num_labels=config.num_labels,
+                             num_layers=config.num_hidden_layers)
         config.patience = config.patience.__index__()  # a plain int, so that the config saves as JSON
+        if config.max_exit_layer is not None:
+            config.max_exit_layer = config.max_exit_layer.__index__()
         self.num_labels = config.num_labels
 
         self.bert = BertModelWithPabee(config)
@@ -515,6 +595,8 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
         exit_criterion=None,
         exit_threshold=None,
         exit_confidence=None,
+        max_exit_layer=None,
+        slowdown_guard=None,
         output_all_layer_logits=False,
         output_hidden_states=None,
         output_attentions=None,
@@ -523,9 +605,10 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
         """
         In training mode every layer runs and `loss` is PABEE's weighted average of the per-layer losses. In
         evaluation mode each example exits at its own layer. `patience`, `regression_threshold`, `exit_criterion`,
-        `exit_threshold` and `exit_confidence` override the config's for this call. `output_all_layer_logits=True`
-        runs every layer for every example and also returns all the classifiers' logits; the answers are the same as
-        without it.
+        `exit_threshold`, `exit_confidence`, `max_exit_layer` and `slowdown_guard` override the config's for this call
+        (None keeps the config's: to lift a saved cap pass the number of layers, to lift a saved guard pass 1, which
+        no score passes). `output_all_layer_logits=True` runs every layer for every example and also returns all the
+        classifiers' logits; the answers are the same as without it.
 
         `output_hidden_states`, `output_attentions` and `return_dict` are transformers' (their defaults are the
         config's, as in transformers). Under early exit, hidden states and attentions are those of the full-depth
@@ -535,7 +618,7 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
         probabilities need `attn_implementation="eager"` (sdpa computes none): with another implementation,
         `output_attentions=True` raises a `ValueError`. `return_dict=False` returns the output's fields that are not
         None as a tuple, in the order of `PabeeSequenceClassifierOutput`: (loss), logits, (hidden_states),
-        (attentions), exit_layers, (all_layer_logits).
+        (attentions), exit_layers, (all_layer_logits), (guard_fired).
         """
         config = self.config
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -555,6 +638,8 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
             "exit_criterion": config.exit_criterion if exit_criterion is None else exit_criterion,
             "exit_threshold": config.exit_threshold if exit_threshold is None else exit_threshold,
             "exit_confidence": config.exit_confidence if exit_confidence is None else exit_confidence,
+            "max_exit_layer": config.max_exit_layer if max_exit_layer is None else max_exit_layer,
+            "slowdown_guard": config.slowdown_guard if slowdown_guard is None else slowdown_guard,
         }
         check_pabee_settings(
             **exit_settings,
@@ -564,8 +649,11 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
             self_distillation_weight=config.self_distillation_weight,
             self_distillation_temperature=config.self_distillation_temperature,
             gradient_equilibrium=config.gradient_equilibrium,
+            num_layers=len(self.classifiers),
         )
         exit_settings["patience"] = exit_settings["patience"].__index__()  # e.g. a numpy integer from a sweep
+        if exit_settings["max_exit_layer"] is not None:
+            exit_settings["max_exit_layer"] = exit_settings["max_exit_layer"].__index__()
 
         backbone = self.base_model
         attention_mask, input_ids, token_type_ids, position_ids, inputs_embeds = move_padding_to_the_right(
@@ -582,14 +670,18 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
             with recorded_outputs(self, all_hidden_states, all_attentions):
                 all_layer_logits = self._run_all_layers(hidden_states, attention_mask)
             num_layers = all_layer_logits.shape[1]
+            guard_fired = None
             if self.training:
                 exit_layers = torch.full_like(all_layer_logits[:, 0, 0], num_layers, dtype=torch.long)
             else:
                 exit_layers = simulate_exit_layers(all_layer_logits, **exit_settings)
+                if exit_settings["slowdown_guard"] is not None:
+                    guard_fired = guard_flag_layers(all_layer_logits, exit_settings["slowdown_guard"]) <= exit_layers
             logits = all_layer_logits[torch.arange(len(exit_layers)), exit_layers - 1]
         else:
             all_layer_logits = None
-            logits, exit_layers = self._run_with_early_exit(hidden_states, attention_mask, **exit_settings)
+            logits, exit_layers, guard_fired = self._run_with_early_exit(hidden_states, attention_mask,
+                                                                         **exit_settings)
 
         loss = None
         if labels is not None:
@@ -609,6 +701,7 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
             attentions=tuple(all_attentions) if output_attentions else None,
             exit_layers=exit_layers,
             all_layer_logits=all_layer_logits if output_all_layer_logits else None,
+            guard_fired=guard_fired,
         )
         return output if return_dict else output.to_tuple()
 
@@ -647,22 +740,37 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
 
     def _run_with_early_exit(
         self, hidden_states, attention_mask, patience, regression_threshold, exit_criterion, exit_threshold,
-        exit_confidence,
+        exit_confidence, max_exit_layer=None, slowdown_guard=None,
     ):
         """
         Early exit decided per example (one patience counter each). An example leaves the batch at its exit layer
-        and no later layer is computed for it; the others go on with a smaller batch.
+        and no later layer is computed for it; the others go on with a smaller batch. With the slowdown defences
+        (`max_exit_layer`, `slowdown_guard`), an example also leaves at its deadline: the cap, or, once the guard has
+        flagged it at layer f, max(f, cap) (f with no cap). Returns the logits, exit layers and, with the guard on,
+        whether it fired for each example (else None).
         """
         backbone = self.base_model
         num_layers = len(self.classifiers)
         by_patience = exit_criterion == "patience"
+        defended = max_exit_layer is not None or slowdown_guard is not None
         # With patience 0, or patience >= num_layers - 1 (the counter reaches num_layers - 1 at the last layer at the
         # earliest, whose answer full depth gives anyway), nobody exits early: skip the intermediate classifiers so
         # full depth costs what the plain model costs.
-        can_exit_early = 0 < patience < num_layers - 1 if by_patience else num_layers > 1
+        can_exit_early = defended or (0 < patience < num_layers - 1 if by_patience else num_layers > 1)
         # The exit test reads the counters on the host (on a GPU, a wait for the device): skip it while no counter can
         # have reached the patience. A counter starts at 0 at layer 1 (index 0) and grows by at most 1 a layer.
-        next_exit_test = patience if by_patience else 0
+        # The defences test every layer.
+        next_exit_test = patience if by_patience and not defended else 0
+        guard_fired = None
+        if defended:
+            batch_size = len(hidden_states)
+            # The layer (1-based) each running example must exit at, at the latest; the guard's running score sums
+            cap = num_layers if max_exit_layer is None or slowdown_guard is not None else max_exit_layer
+            deadlines = torch.full((batch_size,), cap, dtype=torch.long, device=hidden_states.device)
+            if slowdown_guard is not None:
+                score_sums = torch.zeros(batch_size, device=hidden_states.device)
+                flagged = torch.zeros(batch_size, dtype=torch.bool, device=hidden_states.device)
+                guard_fired = torch.zeros(batch_size, dtype=torch.bool, device=hidden_states.device)
 
         exits = []  # (positions in the batch, or None for the whole batch; their logits; 1-based exit layer)
         active = None  # positions in the batch of the running examples, once some have left
@@ -676,6 +784,13 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
             if not (can_exit_early or is_last):
                 continue
             layer_logits = self._classify(index, hidden_states, pooling_weights)  # (active, num_labels)
+            if slowdown_guard is not None:
+                score_sums = score_sums + uncertainty_scores(layer_logits)
+                newly_flagged = (score_sums / (index + 1) > slowdown_guard) & ~flagged
+                flagged = flagged | newly_flagged
+                guard_fired[newly_flagged if active is None else active[newly_flagged]] = True
+                held_to = index + 1 if max_exit_layer is None else max(index + 1, max_exit_layer)
+                deadlines = deadlines.masked_fill(newly_flagged, held_to)
             if is_last:
                 exits.append((active, layer_logits, num_layers))
                 break
@@ -691,15 +806,18 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
                 previous_predictions = predictions
                 if index < next_exit_test:
                     continue
-                highest = int(counters.max())
-                if highest < patience:
-                    next_exit_test = index + patience - highest
-                    continue
-                done = counters == patience
+                if not defended:
+                    highest = int(counters.max())
+                    if highest < patience:
+                        next_exit_test = index + patience - highest
+                        continue
+                done = counters == patience if patience > 0 else torch.zeros_like(counters, dtype=torch.bool)
             else:
                 done = confident_exits(layer_logits, exit_criterion, exit_threshold)
-                if not done.any():
-                    continue
+            if defended:
+                done = done | (deadlines == index + 1)
+            if not done.any():
+                continue
             if len(done) == 1 or done.all():  # every running example exits here
                 exits.append((active, layer_logits, index + 1))
                 break
@@ -710,13 +828,17 @@ class BertForSequenceClassificationWithPabee(BertPreTrainedModel):
             active = active[running]
             counters = counters[running] if counters is not None else None
             previous_predictions = previous_predictions[running] if previous_predictions is not None else None
+            if defended:
+                deadlines = deadlines[running]
+                if slowdown_guard is not None:
+                    score_sums, flagged = score_sums[running], flagged[running]
             hidden_states = hidden_states[running]
             attention_mask = attention_mask[running] if attention_mask is not None else None
             hidden_states, attention_mask = drop_padding_columns(hidden_states, attention_mask)
             layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
             pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
 
-        return gather_exits(exits)
+        return (*gather_exits(exits), guard_fired)
 
 
 def gather_exits(exits):

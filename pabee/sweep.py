@@ -39,6 +39,8 @@ class SweepOptions:
         sweep_from_one_pass: every setting's answers simulated from the one full-depth pass, none timed.
         eval_batch_size: the batch size the dataloaders were made with, recorded with each result.
         output_dir: where the trade-off plots and the test-set predictions go.
+        max_exit_layer, slowdown_guard: the slowdown defences (None: off); with either, every setting is run again
+            under them.
     """
 
     task: GlueTask
@@ -49,18 +51,23 @@ class SweepOptions:
     sweep_from_one_pass: bool = False
     eval_batch_size: int | None = None
     output_dir: str = "."
+    max_exit_layer: int | None = None
+    slowdown_guard: float | None = None
 
 
 def exit_settings(options):
     """
     The sweep of `options` (a `SweepOptions`): every patience, then every patience above 0 under every confidence
-    gate (a grid), then every threshold of a second exit criterion.
+    gate (a grid), then every threshold of a second exit criterion; with a slowdown defence, each of them again
+    under it.
     """
     settings = [ExitSetting("patience", patience) for patience in options.patience]
     settings += [ExitSetting("patience", patience, confidence) for confidence in options.exit_confidence
                  for patience in options.patience if patience > 0]
     if options.exit_criterion != "patience":
         settings += [ExitSetting(options.exit_criterion, threshold) for threshold in options.exit_thresholds]
+    if options.max_exit_layer is not None or options.slowdown_guard is not None:
+        settings += [setting.defended(options.max_exit_layer, options.slowdown_guard) for setting in settings]
     return settings
 
 

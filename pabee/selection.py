@@ -22,8 +22,8 @@ have no order between them that holds for every model, and ordering by speed mea
 let the same examples decide the order and the test. So the calibration set is split once, at random (seeded): the
 ordering part (`ordering_fraction` of it, 30% by default) ranks the candidates, and only the rest is tested:
 
-1. On the ordering part, each candidate's mean exit layer and risk; candidates that another is at least as fast as
-   with no more risk (and better in one) are dropped, since a slow risky candidate would only stop the sequence.
+1. On the ordering part, each candidate's mean exit layer and risk; a candidate is dropped when another is at least
+   as fast with strictly less risk, since a slow risky candidate would only stop the sequence early.
 2. The others are tested from the slowest (highest mean exit layer on the ordering part) to the fastest; equal
    mean exit layers are taken in the candidates' listed order (`candidate_settings`: each rule from its safest
    setting; rules in the order patience, gated patience, entropy, confidence).
@@ -163,10 +163,9 @@ def learn_then_test(exit_layers, losses, delta, epsilon, ordering):
     if ordering.any():
         speed = exit_layers[:, ordering].mean(axis=1)  # (candidates,)
         risk = losses[:, ordering].mean(axis=1)
-        # dominated[c]: some other candidate is at least as fast with no more risk, and better in one of the two
-        at_least_as_good = (speed[:, None] <= speed[None, :]) & (risk[:, None] <= risk[None, :])
-        better = (speed[:, None] < speed[None, :]) | (risk[:, None] < risk[None, :])
-        dominated = (at_least_as_good & better).any(axis=0)
+        # dominated[c]: some candidate is at least as fast as c with strictly less risk. An equally risky slower
+        # candidate stays: tested before the faster one, it is the fallback if that one fails.
+        dominated = ((speed[:, None] <= speed[None, :]) & (risk[:, None] < risk[None, :])).any(axis=0)
         kept = np.flatnonzero(~dominated).tolist()
         sequence = sorted(kept, key=lambda c: (-speed[c], c))  # slowest first; ties in listed order
     else:  # nothing to learn from: the listed order, in which each rule goes from its safest setting

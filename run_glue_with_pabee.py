@@ -21,6 +21,14 @@ Train, then evaluate at patience 3 to 8 (every patience's figures are kept in OU
     python run_glue_with_pabee.py --model_type bert --model_name_or_path bert-base-uncased --task_name MRPC \\
         --data_dir glue_data/MRPC --do_train --do_eval --output_dir output/mrpc --patience 3,4,5,6,7,8
 
+Hold out 10% of the training data, and save with the model the fastest exit setting whose answers differ from full
+depth's on at most 2% of new inputs, with probability 0.95 (Learn then Test on the held-out data; see
+docs/calibration.md):
+
+    python run_glue_with_pabee.py --model_type bert --model_name_or_path bert-base-uncased --task_name SST-2 \\
+        --data_dir glue_data/SST-2 --do_train --do_eval --output_dir output/sst2 --patience 0,1,2,3 \\
+        --calibration_fraction 0.1 --select_setting consistency:0.02 --save_selected
+
 Evaluate a trained model (the one saved in --output_dir) only:
 
     python run_glue_with_pabee.py --task_name MRPC --data_dir glue_data/MRPC --do_eval --output_dir output/mrpc \\

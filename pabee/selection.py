@@ -77,6 +77,17 @@ def binomial_p_value(losses, n, delta):
     return float(binom.cdf(losses, n, delta))
 
 
+def largest_certifiable_losses(n, delta, epsilon):
+    """
+    The most losses out of `n` tested examples that still certify risk <= `delta` at level `epsilon` (-1 if even
+    none does): what the calibration size allows, whatever the model.
+    """
+    losses = -1
+    while losses + 1 <= n and binomial_p_value(losses + 1, n, delta) <= epsilon:
+        losses += 1
+    return losses
+
+
 def fixed_sequence(p_values, epsilon):
     """How many of `p_values`, taken in order, are certified: the length of the leading run of p <= epsilon."""
     count = 0

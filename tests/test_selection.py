@@ -21,6 +21,7 @@ from pabee.selection import (
     candidate_outcomes,
     candidate_settings,
     fixed_sequence,
+    largest_certifiable_losses,
     learn_then_test,
     parse_goal,
     risk_on,
@@ -50,6 +51,15 @@ def one_cpu_thread():
 ])
 def test_binomial_p_value_by_hand(losses, n, delta, expected):
     assert binomial_p_value(losses, n, delta) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("n, delta, expected", [
+    (10, 0.3, 0),  # 0 losses: 0.7^10 = 0.028 <= 0.05; 1 loss: 0.149
+    (10, 0.1, -1),  # even none: 0.9^10 = 0.349
+    (100, 0.05, 1),  # 0.95^100 + 100 * 0.05 * 0.95^99 = 0.037; 2 losses: 0.118
+])
+def test_largest_certifiable_losses_by_hand(n, delta, expected):
+    assert largest_certifiable_losses(n, delta, 0.05) == expected
 
 
 @pytest.mark.parametrize("p_values, expected", [

@@ -245,9 +245,9 @@ def certifiable_risks(args, rows):
     """
     epsilon = round(1 - args.selection_confidence, 12)
     sizes = sorted({row["tested_examples"] for row in rows} | {822, 2000, 5000})  # 822: 70% of 10% of 11,752
-    return [{"tested_examples": n, "risk_at_delta": {
-        f"{delta:g}": max(largest_certifiable_losses(n, delta, epsilon), 0) / n for delta in args.deltas}}
-        for n in sizes]
+    return [{"tested_examples": n, "risk_at_delta": {  # None: not even a candidate without a loss is certified
+        f"{delta:g}": None if (losses := largest_certifiable_losses(n, delta, epsilon)) < 0 else losses / n
+        for delta in args.deltas}} for n in sizes]
 
 
 def protocol(args):
@@ -287,7 +287,8 @@ def markdown(args, rows, summary, command):
               + " |", "|---|" + "---|" * len(args.deltas)]
     for entry in certifiable_risks(args, rows):
         lines.append(f"| {entry['tested_examples']} | "
-                     + " | ".join(f"{risk:.2%}" for risk in entry["risk_at_delta"].values()) + " |")
+                     + " | ".join("-" if risk is None else f"{risk:.2%}" for risk in entry["risk_at_delta"].values())
+                     + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -64,6 +64,7 @@ from pabee.checkpoints import (
 )
 from pabee.calibration import CALIBRATION_FILE, hold_out, write_calibration_file
 from pabee.evaluation import (
+    ORACLES,
     ExitSetting,
     format_table,
     precision,
@@ -671,7 +672,7 @@ def evaluate_during_training(args, accelerator, eval_dataloaders, tb_writer):
 
 
 def choose_exit_setting(args, accelerator, model, dataloader):
-    """Learn then Test on the calibration set (see pabee.selection); saved in the model's config with --save_selected."""
+    """Learn then Test on the calibration set (see pabee.selection); saved in the model's config by --save_selected."""
     risk, delta = args.select_setting
     threshold = model.config.regression_threshold
     full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold), "calibration every layer",
@@ -702,8 +703,8 @@ def report_selection(args, accelerator, model, eval_dataloaders, entries, select
     for eval_set, dataloader in eval_dataloaders.items():
         full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold),
                              f"{eval_set} every layer, for the chosen setting", all_layers=True)
-        entry = next((entry for entry in entries if entry["eval_set"] == eval_set and entry["criterion"] != "oracle"
-                      and entry["criterion"] != "oracle-correct" and ExitSetting.from_entry(entry) == selection.setting),
+        entry = next((entry for entry in entries if entry["eval_set"] == eval_set
+                      and entry["criterion"] not in ORACLES and ExitSetting.from_entry(entry) == selection.setting),
                      None)
         if entry is None:
             entry = {"checkpoint": "final", "step": None, "eval_set": eval_set, **selection.setting.as_dict(),

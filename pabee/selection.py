@@ -143,7 +143,8 @@ def candidate_outcomes(all_layer_logits, labels, candidates, risk, regression_th
             loss = (full_depth == labels) & (early != labels)
         exit_layers.append(layers)
         losses.append(loss)
-    return np.array(exit_layers).reshape(len(candidates), -1), np.array(losses, dtype=bool).reshape(len(candidates), -1)
+    shape = (len(candidates), len(answers))
+    return np.array(exit_layers).reshape(shape), np.array(losses, dtype=bool).reshape(shape)
 
 
 @dataclass
@@ -221,7 +222,8 @@ class Selection:
                     f"calibration examples, so the setting is full depth (patience 0)")
         return (f"{self.setting.label}: the fastest setting certified {bound} (Learn then Test, "
                 f"{len(self.sequence)} candidates ranked on {self.ordering_examples} calibration examples and tested "
-                f"on {self.tested_examples}); {self.risk} {self.calibration_risk:.2%} on them (p = {self.p_value:.3g}), "
+                f"on {self.tested_examples}); {self.risk} {self.calibration_risk:.2%} on them "
+                f"(p = {self.p_value:.3g}), "
                 f"layer speed-up {self.num_layers / self.calibration_avg_exit_layer:.2f}x on calibration")
 
     def record(self):

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoConfig, BertTokenizerFast
+from transformers import AutoConfig, BertTokenizerFast, pipeline
 
 import pabee.classify
 import run_glue_with_pabee
@@ -125,8 +125,18 @@ def test_classify_answers_with_the_chosen_setting(selected, capsys):
     setting = chosen_setting(model.config)
     expected = [int(model(**tokenizer(text, return_tensors="pt"), **setting.model_kwargs(0.1)).exit_layers[0])
                 for text in TEXTS]
+    assert min(expected) < model.config.num_hidden_layers  # the chosen setting exits early: full depth would not do
     answers = pabee.classify.main(["--model", str(selected), *TEXTS])
     assert [answer.exit_layer for answer in answers] == expected
+
+
+def test_pipeline_answers_with_the_chosen_setting(selected):
+    answers = pabee.classify.main(["--model", str(selected), *TEXTS])
+    classifier = pipeline("text-classification", model=str(selected), trust_remote_code=True)
+    for answer, result in zip(answers, classifier(TEXTS)):
+        # The label and the probability of the logits of the layer the chosen setting exits at.
+        assert result["label"] == classifier.model.config.id2label[answer.label_id]
+        assert result["score"] == pytest.approx(answer.value, abs=1e-5)
 
 
 def test_evaluation_only_run_takes_the_recorded_calibration_set(selected, sst2, tmp_path, capsys):

@@ -264,26 +264,26 @@ def parse_args(argv=None):
                             "per setting: much faster for long sweeps, but gives no wall-clock figures.")
 
     choosing = parser.add_argument_group("choosing the exit setting (on calibration data, never on the dev set)")
-    choosing.add_argument("--calibration_fraction", type=float, default=None,
+    choosing.add_argument("--calibration_fraction", type=float, default=None, metavar="FRACTION",
                           help="Hold out this share of the training data (e.g. 0.1) before training, drawn with "
                                "--seed, as the calibration set --select_setting chooses on. The held-out examples "
                                f"are recorded in OUTPUT_DIR/{CALIBRATION_FILE} (with their row numbers in the "
                                "training data), where a later evaluation-only run finds them. Needs --do_train.")
-    choosing.add_argument("--calibration_file", type=str, default=None,
+    choosing.add_argument("--calibration_file", type=str, default=None, metavar="PATH",
                           help="A csv or json(l) file to choose on instead (columns as --train_file's). For "
                                "--select_setting consistency:D labels are not needed: unlabelled in-domain text is "
                                "enough. Default, for a run without --do_train: the calibration set recorded in "
                                f"OUTPUT_DIR/{CALIBRATION_FILE} by the training run that made the model.")
-    choosing.add_argument("--select_setting", type=selection_goal, default=None,
+    choosing.add_argument("--select_setting", type=selection_goal, default=None, metavar="RISK:DELTA",
                           help="Choose the fastest exit setting, among every patience, every patience under every "
                                "confidence gate, and entropy and confidence thresholds, whose risk on new data is at "
-                               "most DELTA with probability --selection_confidence (Learn then Test on the "
+                               "most DELTA with probability P (--selection_confidence; Learn then Test on the "
                                "calibration set): 'consistency:DELTA' (the share of answers that differ from full "
                                "depth's; needs no labels) or 'accuracy_drop:DELTA' (the share of inputs full depth "
                                "gets right and early exit gets wrong, an upper bound on the accuracy lost; needs "
                                "labels). E.g. consistency:0.02. Full depth when nothing can be certified. With "
                                "--do_eval the chosen setting is marked in the results, with its risk on the dev set.")
-    choosing.add_argument("--selection_confidence", type=float, default=0.95,
+    choosing.add_argument("--selection_confidence", type=float, default=0.95, metavar="P",
                           help="The probability 1 - epsilon, over the draw of the calibration set, with which the "
                                "chosen setting's risk is at most DELTA (default 0.95).")
     choosing.add_argument("--save_selected", action="store_true",

@@ -21,6 +21,14 @@ Train, then evaluate at patience 3 to 8 (every patience's figures are kept in OU
     python run_glue_with_pabee.py --model_type bert --model_name_or_path bert-base-uncased --task_name MRPC \\
         --data_dir glue_data/MRPC --do_train --do_eval --output_dir output/mrpc --patience 3,4,5,6,7,8
 
+Hold out 10% of the training data, and save with the model the fastest exit setting whose answers differ from full
+depth's on at most 2% of new inputs, with probability 0.95 (Learn then Test on the held-out data; see
+docs/calibration.md):
+
+    python run_glue_with_pabee.py --model_type bert --model_name_or_path bert-base-uncased --task_name SST-2 \\
+        --data_dir glue_data/SST-2 --do_train --do_eval --output_dir output/sst2 --patience 0,1,2,3 \\
+        --calibration_fraction 0.1 --select_setting consistency:0.02 --save_selected
+
 Evaluate a trained model (the one saved in --output_dir) only:
 
     python run_glue_with_pabee.py --task_name MRPC --data_dir glue_data/MRPC --do_eval --output_dir output/mrpc \\
@@ -54,7 +62,18 @@ from pabee.checkpoints import (
     remove_checkpoint,
     verify_checkpoint,
 )
-from pabee.evaluation import format_table, read_earlier_runs, save_results
+from pabee.calibration import CALIBRATION_FILE, hold_out, write_calibration_file
+from pabee.evaluation import (
+    ORACLES,
+    ExitSetting,
+    format_table,
+    precision,
+    predict,
+    read_earlier_runs,
+    save_results,
+    simulate,
+    summarize,
+)
 from pabee.features import file_identity, load_feature_sets
 from pabee.glue import (
     GLUE_TASKS,
@@ -76,6 +95,7 @@ from pabee.models import (
     max_model_length,
     model_family,
 )
+from pabee.selection import FULL_DEPTH, apply_to_config, parse_goal, risk_on, select_setting
 from pabee.sweep import SweepOptions, evaluate, exit_settings, log_evaluation, plot_results, write_test_predictions
 from pabee.training import TrainingOptions, save_arguments, train
 
@@ -139,6 +159,14 @@ def confidence_list(text):
     if any(not 0 <= value <= 1 for value in values):  # NaN fails too
         raise argparse.ArgumentTypeError(f"invalid --exit_confidence {text!r}: probabilities must be in [0, 1]")
     return [value for value in dict.fromkeys(values) if value > 0]
+
+
+def selection_goal(text):
+    """Parse `--select_setting consistency:0.02` into ("consistency", 0.02)."""
+    try:
+        return parse_goal(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"invalid --select_setting: {error}")
 
 
 def parse_args(argv=None):
@@ -246,6 +274,35 @@ def parse_args(argv=None):
                        help="Take every exit setting's answers from one full-depth pass (each layer's logits do not "
                             "depend on where an example stops, so this is exact) instead of a timed early-exit run "
                             "per setting: much faster for long sweeps, but gives no wall-clock figures.")
+
+    choosing = parser.add_argument_group("choosing the exit setting (on calibration data, never on the dev set)")
+    choosing.add_argument("--calibration_fraction", type=float, default=None, metavar="FRACTION",
+                          help="Hold out this share of the training data (e.g. 0.1) before training, drawn with "
+                               "--seed, as the calibration set --select_setting chooses on. The held-out examples "
+                               f"are recorded in OUTPUT_DIR/{CALIBRATION_FILE} (with their row numbers in the "
+                               "training data), where a later evaluation-only run finds them. Needs --do_train.")
+    choosing.add_argument("--calibration_file", type=str, default=None, metavar="PATH",
+                          help="A csv or json(l) file to choose on instead (columns as --train_file's). For "
+                               "--select_setting consistency:D labels are not needed: unlabelled in-domain text is "
+                               "enough. Default, for a run without --do_train: the calibration set recorded in "
+                               f"OUTPUT_DIR/{CALIBRATION_FILE} by the training run that made the model.")
+    choosing.add_argument("--select_setting", type=selection_goal, default=None, metavar="RISK:DELTA",
+                          help="Choose the fastest exit setting, among every patience, every patience under every "
+                               "confidence gate, and entropy and confidence thresholds, whose risk on new data is at "
+                               "most DELTA with probability P (--selection_confidence; Learn then Test on the "
+                               "calibration set): 'consistency:DELTA' (the share of answers that differ from full "
+                               "depth's; needs no labels) or 'accuracy_drop:DELTA' (the share of inputs full depth "
+                               "gets right and early exit gets wrong, an upper bound on the accuracy lost; needs "
+                               "labels). E.g. consistency:0.02. Full depth when nothing can be certified. With "
+                               "--do_eval the chosen setting is marked in the results, with its risk on the dev set.")
+    choosing.add_argument("--selection_confidence", type=float, default=0.95, metavar="P",
+                          help="The probability 1 - epsilon, over the draw of the calibration set, with which the "
+                               "chosen setting's risk is at most DELTA (default 0.95).")
+    choosing.add_argument("--save_selected", action="store_true",
+                          help="Save the chosen setting in the model's config in OUTPUT_DIR (patience, gate or "
+                               "criterion and threshold, as the defaults that forward, pipelines and pabee.classify "
+                               "use), with a record of how it was chosen (config.exit_selection: delta, epsilon, "
+                               "calibration size, risk on calibration).")
 
     training = parser.add_argument_group("training")
     training.add_argument("--output_dir", type=str, required=True,
@@ -364,6 +421,23 @@ def parse_args(argv=None):
         parser.error("choose one of --resume_from_checkpoint and --overwrite_output_dir (which starts over)")
     if args.data_dir and (args.train_file or args.validation_file):
         parser.error("use either --data_dir or --train_file/--validation_file, not both")
+    if args.calibration_fraction is not None:
+        if not 0 < args.calibration_fraction < 1:  # NaN fails too
+            parser.error(f"--calibration_fraction must be in (0, 1), got {args.calibration_fraction}")
+        if not args.do_train:
+            parser.error("--calibration_fraction holds out training data before training: it needs --do_train (an "
+                         f"evaluation-only run takes the calibration set recorded in OUTPUT_DIR/{CALIBRATION_FILE})")
+        if args.calibration_file:
+            parser.error("choose one of --calibration_fraction and --calibration_file")
+    if not 0 < args.selection_confidence < 1:
+        parser.error(f"--selection_confidence must be in (0, 1), got {args.selection_confidence}")
+    if args.save_selected and not args.select_setting:
+        parser.error("--save_selected saves the setting --select_setting chooses: give --select_setting")
+    if args.select_setting and args.task.is_regression:
+        parser.error(f"--select_setting compares class answers: {args.task.name} is a regression task")
+    if args.select_setting and args.do_train and not (args.calibration_fraction or args.calibration_file):
+        parser.error("--select_setting needs a calibration set (the dev set is never used to choose): give "
+                     "--calibration_fraction or --calibration_file")
     if args.model_name_or_path is None:
         args.model_name_or_path = default_model_path()
         if args.model_name_or_path is None and args.do_train:
@@ -421,15 +495,82 @@ def splits_needed(args):
 
 
 def load_splits(args, splits, tokenizer, config):
-    """Tokenised features of every split, each file read and checked before any cache is written."""
+    """
+    Tokenised features of every split, each file read and checked before any cache is written, with the calibration
+    set as the split "calibration" where --select_setting needs one. Also returns the examples --calibration_fraction
+    held out of the training data and their row numbers there (None without it).
+    """
     cache_dir = os.path.join(args.cache_dir or args.output_dir, "cached_features")
     sources = {split: split_loader(args, split) for split in splits}
+    held_out = add_calibration_split(args, sources)
     try:
-        return load_feature_sets(args.task, sources, tokenizer, args.max_seq_length, model_family(config.model_type),
-                                 cache_dir, overwrite_cache=args.overwrite_cache,
-                                 with_token_types=takes_token_types(config, tokenizer))
+        features = load_feature_sets(args.task, sources, tokenizer, args.max_seq_length,
+                                     model_family(config.model_type), cache_dir, overwrite_cache=args.overwrite_cache,
+                                     with_token_types=takes_token_types(config, tokenizer))
     except ValueError as error:  # a malformed row, an unknown label, an unsupported file type
         raise InputError(first_line(error))
+    if args.select_setting and args.select_setting[0] == "accuracy_drop" \
+            and "labels" not in features[CALIBRATION_SPLIT].column_names:
+        raise InputError("--select_setting accuracy_drop needs the label of every calibration example, and the "
+                         "calibration set has none (consistency needs no labels)")
+    return features, held_out
+
+
+CALIBRATION_SPLIT = "calibration"
+
+
+def add_calibration_split(args, sources):
+    """
+    Where the calibration set comes from: --calibration_fraction of the training data (the training split then
+    reads the rest), --calibration_file, or, for a run that does not train, the set the training run recorded in
+    --output_dir. Adds it to `sources` where --select_setting needs it; returns (held-out examples, their row
+    numbers) for --calibration_fraction, else None.
+    """
+    held_out = None
+    if args.calibration_fraction:
+        read_train, identity = sources["train"]
+        try:
+            training, examples, rows = hold_out(read_train(), args.calibration_fraction, args.seed)
+        except ValueError as error:
+            raise InputError(f"--calibration_fraction: {error}")
+        held_out = examples, rows
+        split_identity = f"{identity}|calibration fraction {args.calibration_fraction!r}, seed {args.seed}"
+        sources["train"] = (lambda: training), f"{split_identity}|training part"
+        calibration = (lambda: examples), f"{split_identity}|calibration part"
+    elif args.calibration_file:
+        calibration = calibration_file_source(args, args.calibration_file, "--calibration_file")
+    elif args.select_setting and not args.do_train:
+        recorded = os.path.join(args.output_dir, CALIBRATION_FILE)
+        if not os.path.isfile(recorded):
+            raise InputError(f"--select_setting needs a calibration set (the dev set is never used to choose): give "
+                             f"--calibration_file, or train with --calibration_fraction, which records it in "
+                             f"{recorded}")
+        calibration = calibration_file_source(args, recorded, "the recorded calibration set")
+    else:
+        return None
+    if args.select_setting:
+        sources[CALIBRATION_SPLIT] = calibration
+    return held_out
+
+
+def calibration_file_source(args, path, name):
+    if not os.path.isfile(path):
+        raise InputError(f"{name} {path} not found")
+
+    def read():
+        try:
+            examples = load_example_file(path, CALIBRATION_SPLIT)
+        except ValueError as error:
+            if "no rows found" in str(error):
+                raise InputError(f"{name} {path} holds no examples: an empty calibration set certifies nothing")
+            raise
+        if args.select_setting and args.select_setting[0] == "accuracy_drop" and \
+                any(example.label is None for example in examples):
+            raise InputError(f"--select_setting accuracy_drop needs the label of every calibration example, and "
+                             f"{name} {path} lacks some (consistency needs no labels)")
+        return examples
+
+    return read, file_identity(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -595,6 +736,54 @@ def evaluate_during_training(args, accelerator, eval_dataloaders, tb_writer):
     return on_log
 
 
+def choose_exit_setting(args, accelerator, model, dataloader):
+    """Learn then Test on the calibration set (see pabee.selection); saved in the model's config by --save_selected."""
+    risk, delta = args.select_setting
+    threshold = model.config.regression_threshold
+    full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold), "calibration every layer",
+                         all_layers=True)
+    try:
+        selection = select_setting(full_depth.all_layer_logits, full_depth.labels, risk, delta,
+                                   round(1 - args.selection_confidence, 12), threshold, seed=args.seed)
+    except ValueError as error:
+        raise InputError(str(error))
+    if accelerator.is_main_process:
+        print(f"Exit setting chosen on the calibration set: {selection.reason}")
+    if args.save_selected:
+        apply_to_config(model.config, selection)
+        if accelerator.is_main_process:
+            model.save_pretrained(args.output_dir)
+            logger.info("Saved the chosen setting (%s) in the model's config in %s", selection.setting.label,
+                        args.output_dir)
+        accelerator.wait_for_everyone()
+    return selection
+
+
+def report_selection(args, accelerator, model, eval_dataloaders, entries, selection):
+    """
+    Mark the chosen setting's entry of each eval set (adding it, simulated from one full-depth pass, where the sweep
+    did not run it), with its risk there beside the bound it was chosen under.
+    """
+    threshold = model.config.regression_threshold
+    for eval_set, dataloader in eval_dataloaders.items():
+        full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold),
+                             f"{eval_set} every layer, for the chosen setting", all_layers=True)
+        entry = next((entry for entry in entries if entry["eval_set"] == eval_set
+                      and entry["criterion"] not in ORACLES and ExitSetting.from_entry(entry) == selection.setting),
+                     None)
+        if entry is None:
+            entry = {"checkpoint": "final", "step": None, "eval_set": eval_set, **selection.setting.as_dict(),
+                     "regression_threshold": None, "batch_size": args.per_gpu_eval_batch_size,
+                     "num_layers": model.config.num_hidden_layers, "precision": precision(accelerator)}
+            entry.update(summarize(args.task, simulate(full_depth, selection.setting, threshold),
+                                   model.config.num_hidden_layers))
+            entry["wall_speedup"] = None
+            entries.append(entry)
+        entry["selected"] = {**selection.record(),
+                             "eval_risk": risk_on(full_depth.all_layer_logits, full_depth.labels, selection.setting,
+                                                  selection.risk, threshold)}
+
+
 def run_info(args):
     return {"started": args.started, "task": args.task.name, "metric": main_metric_name(args.task),
             "command": " ".join(["run_glue_with_pabee.py"] + args.argv), "model": args.start_path}
@@ -695,7 +884,8 @@ def run(args):
         args.regression_threshold = DEFAULT_REGRESSION_THRESHOLD if saved_threshold is None else saved_threshold
     splits = splits_needed(args)
     with accelerator.main_process_first():  # one process tokenises and caches, the others read the cache
-        features = load_splits(args, splits, tokenizer, config)
+        features, held_out = load_splits(args, splits, tokenizer, config)
+    calibration_features = features.pop(CALIBRATION_SPLIT, None)
     logger.info("Process %d of %d, device %s, mixed precision %s", accelerator.process_index,
                 accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
 
@@ -740,9 +930,18 @@ def run(args):
             model.save_pretrained(args.output_dir)
             tokenizer.save_pretrained(args.output_dir)
             save_arguments(run_arguments(args), args.output_dir)
+            if held_out is not None:
+                write_calibration_file(os.path.join(args.output_dir, CALIBRATION_FILE), *held_out)
             logger.info("Saved the model after %d steps to %s", global_step, args.output_dir)
         accelerator.wait_for_everyone()
     model = model.to(accelerator.device)
+
+    # Choose the exit setting on the calibration set
+    selection = None
+    if args.select_setting:
+        dataloader = accelerator.prepare(DataLoader(calibration_features, batch_size=args.per_gpu_eval_batch_size,
+                                                    collate_fn=collator))
+        selection = choose_exit_setting(args, accelerator, model, dataloader)
 
     # Evaluate
     if args.do_eval:
@@ -763,6 +962,8 @@ def run(args):
             checkpoint_entries, checkpoint_layers = evaluate(
                 sweep_options(args), accelerator, checkpoint_model.to(accelerator.device), eval_dataloaders, name, step
             )
+            if selection is not None and name == "final":
+                report_selection(args, accelerator, checkpoint_model, eval_dataloaders, checkpoint_entries, selection)
             entries += checkpoint_entries
             per_layer += checkpoint_layers
             if tb_writer is not None:

@@ -271,13 +271,16 @@ def format_table(entries, metric):
     """A plain-text table of result entries, one row per (checkpoint, eval set, exit setting), showing `metric`."""
     header = ["checkpoint", "eval set", "exit setting", metric, "avg exit layer", "layer speed-up", "seconds",
               "examples/s", "wall speed-up"]
-    rows = [header]
+    rows, notes = [header], []
     for entry in entries:
         value = entry.get("metrics", {}).get(metric)
+        selected = entry.get("selected")
+        if selected:
+            notes.append(selection_note(entry))
         rows.append([
             entry["checkpoint"],
             entry["eval_set"],
-            entry["setting"],
+            f"{entry['setting']} (selected)" if selected else entry["setting"],
             "-" if value is None else f"{value:.4f}",
             f"{entry['avg_exit_layer']:.2f}",
             f"{entry['layer_speedup']:.2f}x",
@@ -289,7 +292,19 @@ def format_table(entries, metric):
     lines = ["  ".join(cell.rjust(width) if column else cell.ljust(width)
                        for column, (cell, width) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
+
+
+def selection_note(entry):
+    """The line under a results table that says how its (selected) row was chosen and what it did on this set."""
+    chosen = entry["selected"]
+    how = (f"chosen on {chosen['calibration_examples']} calibration examples for {chosen['risk']} <= "
+           f"{chosen['delta']:g} at confidence {chosen['confidence']:g}")
+    if not chosen["certified"]:
+        how += " (nothing faster could be certified: full depth)"
+    else:
+        how += f" ({chosen['calibration_risk']:.2%} on the {chosen['tested_examples']} tested)"
+    return f"(selected) {entry['setting']}: {how}; {chosen['risk']} on {entry['eval_set']}: {chosen['eval_risk']:.2%}"
 
 
 def _write_atomically(path, text):

@@ -28,7 +28,8 @@ from .glue import GlueTask, main_metric_name, submission_file_name, write_submis
 @dataclass(frozen=True)
 class SweepOptions:
     """
-    What a sweep evaluates and where it writes (run_glue_with_pabee.py fills it from its flags of the same names).
+    What a sweep evaluates and where it writes (run_glue_with_pabee.py fills it from its flags of the same names;
+    `eval_batch_size` from --per_gpu_eval_batch_size).
 
     Args:
         task: the GLUE task, for its metrics and submission files.

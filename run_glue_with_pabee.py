@@ -76,8 +76,8 @@ from pabee.models import (
     max_model_length,
     model_family,
 )
-from pabee.sweep import evaluate, exit_settings, log_evaluation, plot_results, write_test_predictions
-from pabee.training import save_arguments, train
+from pabee.sweep import SweepOptions, evaluate, exit_settings, log_evaluation, plot_results, write_test_predictions
+from pabee.training import TrainingOptions, save_arguments, train
 
 logger = logging.getLogger(__name__)
 
@@ -514,6 +514,50 @@ def check_model_path(path, flag):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The library's options, from the command line: pabee's modules never see `args`
+
+
+def training_options(args):
+    """What pabee.training.train takes from the flags."""
+    return TrainingOptions(
+        output_dir=args.output_dir,
+        learning_rate=args.learning_rate,
+        classifier_lr_multiplier=args.classifier_lr_multiplier,
+        weight_decay=args.weight_decay,
+        adam_epsilon=args.adam_epsilon,
+        train_batch_size=args.per_gpu_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        warmup_steps=args.warmup_steps,
+        max_grad_norm=args.max_grad_norm,
+        logging_steps=args.logging_steps,
+        save_steps=args.save_steps,
+        seed=args.seed,
+        run_arguments=run_arguments(args),
+    )
+
+
+def run_arguments(args):
+    """The run's arguments as training_args.json records them (the task is named by --task_name)."""
+    return {key: value for key, value in vars(args).items() if key != "task"}
+
+
+def sweep_options(args):
+    """What pabee.sweep's evaluate, plot_results and write_test_predictions take from the flags."""
+    return SweepOptions(
+        task=args.task,
+        patience=tuple(args.patience),
+        exit_confidence=tuple(args.exit_confidence),
+        exit_criterion=args.exit_criterion,
+        exit_thresholds=tuple(args.exit_thresholds or ()),
+        sweep_from_one_pass=args.sweep_from_one_pass,
+        eval_batch_size=args.per_gpu_eval_batch_size,
+        output_dir=args.output_dir,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Results
 
 
@@ -521,7 +565,7 @@ def evaluate_during_training(args, accelerator, eval_dataloaders, tb_writer):
     """The callback that evaluates every --logging_steps while training, keeping the results like any other."""
 
     def on_log(model, step):
-        entries, per_layer = evaluate(args, accelerator, model, eval_dataloaders, f"step-{step}", step)
+        entries, per_layer = evaluate(sweep_options(args), accelerator, model, eval_dataloaders, f"step-{step}", step)
         if accelerator.is_main_process:
             save_results(args.output_dir, entries, run_info(args), per_layer)
             if tb_writer is not None:
@@ -664,14 +708,14 @@ def run(args):
     if args.do_train:
         on_log = evaluate_during_training(args, accelerator, eval_dataloaders, tb_writer) \
             if args.evaluate_during_training else None
-        model, global_step = train(args, accelerator, model, tokenizer, features["train"], resume_from, tb_writer,
-                                   on_log)
+        model, global_step = train(training_options(args), accelerator, model, tokenizer, features["train"],
+                                   resume_from, tb_writer, on_log)
 
         # Save
         if accelerator.is_main_process:
             model.save_pretrained(args.output_dir)
             tokenizer.save_pretrained(args.output_dir)
-            save_arguments(args, args.output_dir)
+            save_arguments(run_arguments(args), args.output_dir)
             logger.info("Saved the model after %d steps to %s", global_step, args.output_dir)
         accelerator.wait_for_everyone()
     model = model.to(accelerator.device)
@@ -685,14 +729,15 @@ def run(args):
         logger.info("***** Running evaluation *****")
         logger.info("  Checkpoints: %s; exit settings: %s; batch size %d",
                     ", ".join(name for _, name, _ in to_evaluate),
-                    ", ".join(setting.label for setting in exit_settings(args)), args.per_gpu_eval_batch_size)
+                    ", ".join(setting.label for setting in exit_settings(sweep_options(args))),
+                    args.per_gpu_eval_batch_size)
         entries, per_layer = [], []
         for path, name, step in to_evaluate:
             # The final model is the one in hand: just trained, or loaded from --output_dir.
             checkpoint_model = model if name == "final" else load_model(args, path, for_training=False)
             checkpoint_model.config.regression_threshold = args.regression_threshold
             checkpoint_entries, checkpoint_layers = evaluate(
-                args, accelerator, checkpoint_model.to(accelerator.device), eval_dataloaders, name, step
+                sweep_options(args), accelerator, checkpoint_model.to(accelerator.device), eval_dataloaders, name, step
             )
             entries += checkpoint_entries
             per_layer += checkpoint_layers
@@ -700,13 +745,13 @@ def run(args):
                 log_evaluation(tb_writer, checkpoint_entries, checkpoint_layers, global_step if step is None else step)
         if accelerator.is_main_process:
             json_path, table_path = save_results(args.output_dir, entries, run_info(args), per_layer)
-            plots = plot_results(args, entries, per_layer)
+            plots = plot_results(sweep_options(args), entries, per_layer)
             print(format_table(entries, main_metric_name(args.task)))
             print(f"Results written to {json_path} and {table_path}; trade-off plots: {', '.join(plots)}")
 
     # Predict
     if args.do_predict:
-        written = write_test_predictions(args, accelerator, model, test_dataloaders)
+        written = write_test_predictions(sweep_options(args), accelerator, model, test_dataloaders)
         if accelerator.is_main_process:
             logger.info("Test predictions written to %s", ", ".join(sorted({os.path.dirname(p) for p in written})))
 

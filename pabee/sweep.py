@@ -1,7 +1,12 @@
 """Evaluate a model over a sweep of exit settings, and write what the sweep found: results entries, trade-off
-plots, TensorBoard figures and GLUE test-set predictions. `args` is run_glue_with_pabee.py's parsed command line."""
+plots, TensorBoard figures and GLUE test-set predictions. What to sweep is a `SweepOptions`.
+
+    options = SweepOptions(task=get_task("sst-2"), patience=(0, 1, 2, 3), eval_batch_size=32)
+    entries, per_layer = evaluate(options, accelerator, model, {"dev": dataloader}, "final")
+"""
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,28 +21,56 @@ from .evaluation import (
     simulate,
     summarize,
 )
-from .glue import main_metric_name, submission_file_name, write_submission
+from .glue import GlueTask, main_metric_name, submission_file_name, write_submission
 
 
-def exit_settings(args):
+@dataclass(frozen=True)
+class SweepOptions:
     """
-    The sweep: every --patience, then every --patience above 0 under every --exit_confidence gate (a grid), then
-    every threshold of a second --exit_criterion.
+    What a sweep evaluates and where it writes (run_glue_with_pabee.py fills it from its flags of the same names;
+    `eval_batch_size` from --per_gpu_eval_batch_size).
+
+    Args:
+        task: the GLUE task, for its metrics and submission files.
+        patience: the patience values to run (0: every layer).
+        exit_confidence: confidence gates, each run with every patience above 0.
+        exit_criterion: "patience", or a second criterion ("entropy", "confidence") run at each of `exit_thresholds`.
+        exit_thresholds: the thresholds of `exit_criterion`.
+        sweep_from_one_pass: every setting's answers simulated from the one full-depth pass, none timed.
+        eval_batch_size: the batch size the dataloaders were made with, recorded with each result.
+        output_dir: where the trade-off plots and the test-set predictions go.
     """
-    settings = [ExitSetting("patience", patience) for patience in args.patience]
-    settings += [ExitSetting("patience", patience, confidence) for confidence in args.exit_confidence
-                 for patience in args.patience if patience > 0]
-    if args.exit_criterion != "patience":
-        settings += [ExitSetting(args.exit_criterion, threshold) for threshold in args.exit_thresholds]
+
+    task: GlueTask
+    patience: tuple = (0,)
+    exit_confidence: tuple = ()
+    exit_criterion: str = "patience"
+    exit_thresholds: tuple = ()
+    sweep_from_one_pass: bool = False
+    eval_batch_size: int | None = None
+    output_dir: str = "."
+
+
+def exit_settings(options):
+    """
+    The sweep of `options` (a `SweepOptions`): every patience, then every patience above 0 under every confidence
+    gate (a grid), then every threshold of a second exit criterion.
+    """
+    settings = [ExitSetting("patience", patience) for patience in options.patience]
+    settings += [ExitSetting("patience", patience, confidence) for confidence in options.exit_confidence
+                 for patience in options.patience if patience > 0]
+    if options.exit_criterion != "patience":
+        settings += [ExitSetting(options.exit_criterion, threshold) for threshold in options.exit_thresholds]
     return settings
 
 
 FULL_DEPTH = ExitSetting("patience", 0)
 
 
-def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=None):
+def evaluate(options, accelerator, model, eval_dataloaders, checkpoint_name, step=None):
     """
-    Evaluate `model` at every exit setting on every eval set, and add the oracle bounds from the full-depth pass.
+    Evaluate `model` at every exit setting of `options` (a `SweepOptions`) on every eval set, and add the oracle
+    bounds from the full-depth pass.
     Returns one result entry per (eval set, setting) and the metrics of each internal classifier on its own, per
     eval set.
     """
@@ -51,21 +84,21 @@ def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=N
         full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold),
                              f"{description} every layer", all_layers=True)
         per_layer.append({"checkpoint": checkpoint_name, "eval_set": eval_set,
-                          "layers": layer_metrics(args.task, full_depth)})
+                          "layers": layer_metrics(options.task, full_depth)})
         # The oracle bounds come from the same pass: no rule can run them.
-        for setting in exit_settings(args) + oracle_settings(args.task, labelled=full_depth.labels is not None):
+        for setting in exit_settings(options) + oracle_settings(options.task, labelled=full_depth.labels is not None):
             simulated = simulate(full_depth, setting, threshold)
-            timed = not (args.sweep_from_one_pass or setting.is_oracle)
+            timed = not (options.sweep_from_one_pass or setting.is_oracle)
             if timed:
                 predictions = predict(model, dataloader, accelerator, setting.model_kwargs(threshold),
                                       f"{description} {setting.label}")
             else:
                 predictions = simulated
             entry = {"checkpoint": checkpoint_name, "step": step, "eval_set": eval_set, **setting.as_dict(),
-                     "regression_threshold": threshold if args.task.is_regression else None,
-                     "batch_size": args.per_gpu_eval_batch_size, "num_layers": num_layers,
+                     "regression_threshold": threshold if options.task.is_regression else None,
+                     "batch_size": options.eval_batch_size, "num_layers": num_layers,
                      "precision": precision(accelerator)}
-            entry.update(summarize(args.task, predictions, num_layers))
+            entry.update(summarize(options.task, predictions, num_layers))
             if timed:
                 # Agreement of the real run with the one-pass simulation: 1.0 up to floating-point ties.
                 entry["simulation_agreement"] = float((simulated.exit_layers == predictions.exit_layers).mean())
@@ -73,22 +106,22 @@ def evaluate(args, accelerator, model, eval_dataloaders, checkpoint_name, step=N
     return add_wall_speedups(entries), per_layer
 
 
-def plot_results(args, entries, per_layer):
+def plot_results(options, entries, per_layer):
     """One trade-off plot per (checkpoint, eval set), next to the results. Returns the paths written."""
     from .plotting import plot_tradeoff  # matplotlib only where a plot is drawn
 
-    metric = main_metric_name(args.task)
+    metric = main_metric_name(options.task)
     paths = []
     for layers in per_layer:
         key = (layers["checkpoint"], layers["eval_set"])
         points = [entry for entry in entries if (entry["checkpoint"], entry["eval_set"]) == key]
-        path = os.path.join(args.output_dir, f"tradeoff_{key[0]}_{key[1]}.png")
-        title = f"{args.task.name.upper()} {key[1]} ({key[0]})"
+        path = os.path.join(options.output_dir, f"tradeoff_{key[0]}_{key[1]}.png")
+        title = f"{options.task.name.upper()} {key[1]} ({key[0]})"
         paths.append(plot_tradeoff(points, layers["layers"], metric, title, path))
     return paths
 
 
-def write_test_predictions(args, accelerator, model, test_dataloaders):
+def write_test_predictions(options, accelerator, model, test_dataloaders):
     """GLUE submission files for every exit setting, from one full-depth pass over each test split."""
     threshold = model.config.regression_threshold
     written = []
@@ -97,11 +130,12 @@ def write_test_predictions(args, accelerator, model, test_dataloaders):
                              f"test {split} every layer", all_layers=True)
         if not accelerator.is_main_process:
             continue
-        for setting in exit_settings(args):
-            folder = os.path.join(args.output_dir, "predictions", setting.slug)
+        for setting in exit_settings(options):
+            folder = os.path.join(options.output_dir, "predictions", setting.slug)
             os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, submission_file_name(args.task, split))
-            write_submission(path, args.task, answers(args.task, simulate(full_depth, setting, threshold).logits))
+            path = os.path.join(folder, submission_file_name(options.task, split))
+            logits = simulate(full_depth, setting, threshold).logits
+            write_submission(path, options.task, answers(options.task, logits))
             written.append(path)
     return written
 

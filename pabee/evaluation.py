@@ -233,13 +233,13 @@ def summarize(task: GlueTask, predictions: Predictions, num_layers):
 
 
 def add_wall_speedups(entries):
-    """Wall-clock speed-up of each entry against the patience-0 (full-depth) entry of its checkpoint and data set."""
-    full_depth_seconds = {
-        (entry["checkpoint"], entry["eval_set"]): entry["eval_seconds"] for entry in entries if entry["patience"] == 0
-    }
+    """
+    Wall-clock speed-up of each timed entry: the seconds of the full-depth runs it was timed against
+    (`full_depth_seconds`, see `pabee.sweep.time_settings`) over its own. None for an entry timed without full depth
+    to compare with, and for a simulated one.
+    """
     for entry in entries:
-        baseline = full_depth_seconds.get((entry["checkpoint"], entry["eval_set"]))
-        seconds = entry["eval_seconds"]
+        baseline, seconds = entry.get("full_depth_seconds"), entry["eval_seconds"]
         entry["wall_speedup"] = baseline / seconds if baseline and seconds else None
     return entries
 

@@ -5,6 +5,7 @@ plots, TensorBoard figures and GLUE test-set predictions. What to sweep is a `Sw
     entries, per_layer = evaluate(options, accelerator, model, {"dev": dataloader}, "final")
 """
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -70,9 +71,8 @@ FULL_DEPTH = ExitSetting("patience", 0)
 def evaluate(options, accelerator, model, eval_dataloaders, checkpoint_name, step=None):
     """
     Evaluate `model` at every exit setting of `options` (a `SweepOptions`) on every eval set, and add the oracle
-    bounds from the full-depth pass.
-    Returns one result entry per (eval set, setting) and the metrics of each internal classifier on its own, per
-    eval set.
+    bounds from the full-depth pass. Returns one result entry per (eval set, setting) and the metrics of each
+    internal classifier on its own, per eval set. How the settings are timed: see `time_settings`.
     """
     num_layers = model.config.num_hidden_layers
     threshold = model.config.regression_threshold
@@ -80,30 +80,68 @@ def evaluate(options, accelerator, model, eval_dataloaders, checkpoint_name, ste
     for eval_set, dataloader in eval_dataloaders.items():
         description = f"{checkpoint_name} {eval_set}"
         # One pass through every layer gives each classifier's answers: the per-layer metrics, and each setting's
-        # exact answers by simulation. It also warms up, so start-up costs do not count against a timed run.
+        # exact answers by simulation.
         full_depth = predict(model, dataloader, accelerator, FULL_DEPTH.model_kwargs(threshold),
                              f"{description} every layer", all_layers=True)
         per_layer.append({"checkpoint": checkpoint_name, "eval_set": eval_set,
                           "layers": layer_metrics(options.task, full_depth)})
         # The oracle bounds come from the same pass: no rule can run them.
-        for setting in exit_settings(options) + oracle_settings(options.task, labelled=full_depth.labels is not None):
+        settings = exit_settings(options) + oracle_settings(options.task, labelled=full_depth.labels is not None)
+        to_time = [] if options.sweep_from_one_pass else [setting for setting in settings if not setting.is_oracle]
+        timed_runs, full_depth_seconds = time_settings(model, dataloader, accelerator, to_time, threshold,
+                                                       description)
+        for setting in settings:
             simulated = simulate(full_depth, setting, threshold)
-            timed = not (options.sweep_from_one_pass or setting.is_oracle)
-            if timed:
-                predictions = predict(model, dataloader, accelerator, setting.model_kwargs(threshold),
-                                      f"{description} {setting.label}")
-            else:
-                predictions = simulated
+            timed = setting in timed_runs
+            predictions = timed_runs[setting] if timed else simulated
             entry = {"checkpoint": checkpoint_name, "step": step, "eval_set": eval_set, **setting.as_dict(),
                      "regression_threshold": threshold if options.task.is_regression else None,
                      "batch_size": options.eval_batch_size, "num_layers": num_layers,
                      "precision": precision(accelerator)}
             entry.update(summarize(options.task, predictions, num_layers))
+            entry["full_depth_seconds"] = full_depth_seconds.get(setting)
             if timed:
                 # Agreement of the real run with the one-pass simulation: 1.0 up to floating-point ties.
                 entry["simulation_agreement"] = float((simulated.exit_layers == predictions.exit_layers).mean())
             entries.append(entry)
     return add_wall_speedups(entries), per_layer
+
+
+def time_settings(model, dataloader, accelerator, settings, regression_threshold, description):
+    """
+    Run `model` over `dataloader` at each of `settings` (rules, not oracles) and time each run. Returns the
+    `Predictions` of each setting, and for each the full-depth seconds its wall speed-up is measured against (none
+    when full depth is not among `settings`).
+
+    An untimed full-depth run first warms the model up (allocator, kernels, caches), so that no timed run pays the
+    start-up. Full depth is then timed before the first other setting and again after each one, and each setting is
+    measured against the mean of the two full-depth runs on either side of it: drift over the sweep (a machine that
+    warms up or gets busier) then counts against both sides alike, so that a setting that runs every layer reads
+    1.00x within noise. Full depth's own time is the mean of all its runs. This costs one full-depth run per setting.
+    """
+    if not settings:
+        return {}, {}
+    full_depth_kwargs = FULL_DEPTH.model_kwargs(regression_threshold)
+
+    def run(setting, note=""):
+        return predict(model, dataloader, accelerator, setting.model_kwargs(regression_threshold),
+                       f"{description} {setting.label}{note}")
+
+    predict(model, dataloader, accelerator, full_depth_kwargs, f"{description} warm-up")
+    if FULL_DEPTH not in settings:  # nothing to measure against
+        return {setting: run(setting) for setting in settings}, {}
+    runs, full_depth_seconds = {}, {}
+    full_depth_runs = [run(FULL_DEPTH)]
+    for setting in settings:
+        if setting == FULL_DEPTH:
+            continue
+        runs[setting] = run(setting)
+        full_depth_runs.append(run(FULL_DEPTH, " (again)"))
+        full_depth_seconds[setting] = (full_depth_runs[-2].seconds + full_depth_runs[-1].seconds) / 2
+    mean_seconds = float(np.mean([predictions.seconds for predictions in full_depth_runs]))
+    runs[FULL_DEPTH] = dataclasses.replace(full_depth_runs[0], seconds=mean_seconds)
+    full_depth_seconds[FULL_DEPTH] = mean_seconds
+    return runs, full_depth_seconds
 
 
 def plot_results(options, entries, per_layer):

@@ -81,3 +81,56 @@ def test_plots_and_test_predictions_go_to_the_options_output_dir(tmp_path):
         os.path.join("predictions", "patience_0", "SST-2.tsv"), os.path.join("predictions", "patience_1", "SST-2.tsv")]
     for path in written:
         assert len(open(path).read().splitlines()) == len(LENGTHS) + 1  # a header, then one row per example
+
+
+@torch.no_grad()
+def test_full_depth_is_warmed_up_then_timed_around_every_other_setting(monkeypatch):
+    runs = []  # (description, patience or criterion, seconds) of each predict call, in order
+
+    def recording_predict(*args, **kwargs):
+        predictions = predict(*args, **kwargs)
+        model_kwargs = args[3]
+        setting = model_kwargs.get("patience", model_kwargs["exit_criterion"])
+        runs.append((args[4].removeprefix("final dev "), setting, kwargs.get("all_layers", False),
+                     predictions.seconds))
+        return predictions
+
+    predict = pabee.sweep.predict
+    monkeypatch.setattr(pabee.sweep, "predict", recording_predict)
+    options = SweepOptions(task=SST2, patience=(1, 0, 2), exit_criterion="confidence", exit_thresholds=(0.6,))
+    entries, _ = evaluate(options, Accelerator(cpu=True), make_model("bert", 2), {"dev": dev_loader()}, "final")
+
+    assert [(description, setting, all_layers) for description, setting, all_layers, _ in runs] == [
+        ("every layer", 0, True),  # the pass every setting is simulated from
+        ("warm-up", 0, False),  # untimed
+        ("patience 0", 0, False),
+        ("patience 1", 1, False),
+        ("patience 0 (again)", 0, False),
+        ("patience 2", 2, False),
+        ("patience 0 (again)", 0, False),
+        ("confidence > 0.6", "confidence", False),
+        ("patience 0 (again)", 0, False),
+    ]
+    by_setting = {entry["setting"]: entry for entry in entries}
+    full_depth_seconds = [seconds for description, _, _, seconds in runs[2:] if description.startswith("patience 0")]
+    for index, setting in enumerate(["patience 1", "patience 2", "confidence > 0.6"]):
+        assert by_setting[setting]["full_depth_seconds"] == pytest.approx(sum(full_depth_seconds[index:index + 2]) / 2)
+        assert by_setting[setting]["eval_seconds"] == runs[3 + 2 * index][3]
+    assert by_setting["patience 0"]["eval_seconds"] == pytest.approx(sum(full_depth_seconds) / 4)
+    assert by_setting["oracle: full-depth answer"]["wall_speedup"] is None
+
+
+@torch.no_grad()
+def test_without_full_depth_each_setting_is_timed_once_after_a_warm_up(monkeypatch):
+    descriptions = []
+
+    def recording_predict(*args, **kwargs):
+        descriptions.append(args[4].removeprefix("final dev "))
+        return predict(*args, **kwargs)
+
+    predict = pabee.sweep.predict
+    monkeypatch.setattr(pabee.sweep, "predict", recording_predict)
+    options = SweepOptions(task=SST2, patience=(2, 1))
+    entries, _ = evaluate(options, Accelerator(cpu=True), make_model("bert", 2), {"dev": dev_loader()}, "final")
+    assert descriptions == ["every layer", "warm-up", "patience 2", "patience 1"]
+    assert all(entry["wall_speedup"] is None for entry in entries)

@@ -1,4 +1,15 @@
-"""Patience-based Early Exit (PABEE) for BERT, ALBERT, RoBERTa, XLM-RoBERTa, DistilBERT and ELECTRA classification."""
+"""Patience-based Early Exit (PABEE) for BERT, ALBERT, RoBERTa, XLM-RoBERTa, DistilBERT and ELECTRA classification.
+
+Importing pabee (or any of its modules) registers the PABEE configs and classifiers with transformers' Auto classes,
+so that in this process a saved PABEE folder loads without `trust_remote_code=True` and without running the folder's
+copy of the code: `AutoConfig`, `AutoModelForSequenceClassification` and `pipeline` build this package's classes
+(with `trust_remote_code=True` too: transformers prefers a registered class to a folder's code), and
+`AutoTokenizer.from_pretrained(folder)`, which reads the model's config to pick the tokenizer, no longer asks whether
+to run the folder's code. Without `import pabee`, transformers loads the folder's own copy of the modeling file with
+`trust_remote_code=True` and refuses the folder without it.
+"""
+
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee, AlbertModelWithPabee, PabeeAlbertConfig
 from .modeling_pabee_bert import (
@@ -27,6 +38,18 @@ from .modeling_pabee_xlm_roberta import (
     XLMRobertaForSequenceClassificationWithPabee,
     XLMRobertaModelWithPabee,
 )
+
+for _model_class in (
+    AlbertForSequenceClassificationWithPabee,
+    BertForSequenceClassificationWithPabee,
+    DistilBertForSequenceClassificationWithPabee,
+    ElectraForSequenceClassificationWithPabee,
+    RobertaForSequenceClassificationWithPabee,
+    XLMRobertaForSequenceClassificationWithPabee,
+):
+    AutoConfig.register(_model_class.config_class.model_type, _model_class.config_class, exist_ok=True)
+    AutoModelForSequenceClassification.register(_model_class.config_class, _model_class, exist_ok=True)
+del _model_class
 
 __all__ = [
     "AlbertForSequenceClassificationWithPabee",

@@ -33,6 +33,7 @@ same as in modeling_pabee_bert.py (utils/check_copies.py keeps the two in step).
     output.logits, output.exit_layers
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -68,9 +69,10 @@ class PabeeAlbertConfig(AlbertConfig):
     The ALBERT config plus the early-exit settings, saved with the model. Its own `model_type` ("pabee_" and
     the backbone's) keeps transformers from loading a saved PABEE model into its plain
     `AlbertForSequenceClassification` (which would drop the internal classifiers and answer with a new, random
-    one): without `trust_remote_code=True` the Auto classes refuse the folder and say to pass it. A plain ALBERT
-    config (a pretrained backbone, or a checkpoint of the reference implementation) loads as this config, with the
-    settings it lacks at their defaults.
+    one): without `trust_remote_code=True` the Auto classes refuse the folder and say to pass it, unless this class
+    is registered with them (`import pabee` does it).
+    A plain ALBERT config (a pretrained backbone, or a checkpoint of the reference implementation) loads as this
+    config, with the settings it lacks at their defaults.
 
     Args:
         patience (`int`, defaults to 0):
@@ -132,7 +134,9 @@ class PabeeAlbertConfig(AlbertConfig):
 @dataclass
 class PabeeSequenceClassifierOutput(ModelOutput):
     """
-    Output of a sequence classifier with patience-based early exit.
+    Output of a sequence classifier with patience-based early exit. The first four fields are transformers'
+    `SequenceClassifierOutput`'s, in its order (`return_dict=False` gives the fields that are not None as a tuple, in
+    this order).
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, returned when `labels` is given):
@@ -140,6 +144,13 @@ class PabeeSequenceClassifierOutput(ModelOutput):
             on). Evaluation: the loss of the answered logits.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             For each example, the logits of the classifier of the layer it exited at.
+        hidden_states (`tuple(torch.FloatTensor)`, returned with `output_hidden_states=True`):
+            As transformers' backbone returns them: the input of layer 1 (the embeddings), then the output of each
+            layer, each `(batch_size, seq_len, hidden_size)`, for every example and every layer. Asking for them runs
+            every layer for every example (see `exit_layers` for the layer whose classifier answered).
+        attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True`):
+            As transformers' backbone returns them: each layer's attention probabilities, `(batch_size, num_heads,
+            seq_len, seq_len)`, for every example and every layer. Needs the "eager" attention implementation.
         exit_layers (`torch.LongTensor` of shape `(batch_size,)`):
             For each example, the 1-based index of the layer whose classifier answered.
         all_layer_logits (`torch.FloatTensor` of shape `(batch_size, num_layers, num_labels)`, optional):
@@ -148,6 +159,8 @@ class PabeeSequenceClassifierOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     exit_layers: torch.LongTensor | None = None
     all_layer_logits: torch.FloatTensor | None = None
 
@@ -512,6 +525,9 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
         exit_threshold=None,
         exit_confidence=None,
         output_all_layer_logits=False,
+        output_hidden_states=None,
+        output_attentions=None,
+        return_dict=None,
     ):
         """
         In training mode every layer runs and `loss` is PABEE's weighted average of the per-layer losses. In
@@ -519,8 +535,27 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
         `exit_threshold` and `exit_confidence` override the config's for this call. `output_all_layer_logits=True`
         runs every layer for every example and also returns all the classifiers' logits; the answers are the same as
         without it.
+
+        `output_hidden_states`, `output_attentions` and `return_dict` are transformers' (their defaults are the
+        config's, as in transformers). Under early exit, hidden states and attentions are those of the full-depth
+        pass: asking for either runs every layer for every example, as `output_all_layer_logits` does, and returns
+        what the plain backbone returns for the same weights and inputs (every layer, at the input's sequence length),
+        while `logits` and `exit_layers` stay the early-exit answers, the same as without them. Attention
+        probabilities need `attn_implementation="eager"` (sdpa computes none): with another implementation,
+        `output_attentions=True` raises a `ValueError`. `return_dict=False` returns the output's fields that are not
+        None as a tuple, in the order of `PabeeSequenceClassifierOutput`: (loss), logits, (hidden_states),
+        (attentions), exit_layers, (all_layer_logits).
         """
         config = self.config
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        return_dict = config.return_dict if return_dict is None else return_dict
+        if output_attentions and config._attn_implementation != "eager":
+            raise ValueError(
+                "output_attentions needs the eager attention implementation, which computes the attention "
+                f"probabilities ({config._attn_implementation!r} does not): load the model with "
+                'attn_implementation="eager", or call model.set_attn_implementation("eager")'
+            )
         exit_settings = {
             "patience": config.patience if patience is None else patience,
             "regression_threshold": (
@@ -543,10 +578,15 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
 
         backbone = self.base_model
         hidden_states = backbone.embed(input_ids, token_type_ids, position_ids, inputs_embeds)
-        hidden_states, attention_mask = drop_padding_columns(hidden_states, attention_mask)
+        full_depth_outputs = output_hidden_states or output_attentions  # of every layer, at the input's length
+        if not full_depth_outputs:
+            hidden_states, attention_mask = drop_padding_columns(hidden_states, attention_mask)
 
-        if self.training or output_all_layer_logits:
-            all_layer_logits = self._run_all_layers(hidden_states, attention_mask)
+        if self.training or output_all_layer_logits or full_depth_outputs:
+            all_hidden_states = [] if output_hidden_states else None
+            all_attentions = [] if output_attentions else None
+            with recorded_outputs(self, all_hidden_states, all_attentions):
+                all_layer_logits = self._run_all_layers(hidden_states, attention_mask)
             num_layers = all_layer_logits.shape[1]
             if self.training:
                 exit_layers = torch.full_like(all_layer_logits[:, 0, 0], num_layers, dtype=torch.long)
@@ -568,12 +608,15 @@ class AlbertForSequenceClassificationWithPabee(AlbertPreTrainedModel):
             else:
                 loss = sequence_classification_loss(logits, labels)
 
-        return PabeeSequenceClassifierOutput(
+        output = PabeeSequenceClassifierOutput(
             loss=loss,
             logits=logits,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
             exit_layers=exit_layers,
             all_layer_logits=all_layer_logits if output_all_layer_logits else None,
         )
+        return output if return_dict else output.to_tuple()
 
     def _classify(self, index, hidden_states, pooling_weights):
         """Logits of internal classifier `index` (0-based): `(batch_size, num_labels)`."""
@@ -699,6 +742,41 @@ def gather_exits(exits):
         all_logits[positions] = logits
         exit_layers[positions] = exit_layer
     return all_logits, exit_layers
+
+
+# Copied from pabee.modeling_pabee_bert.recorded_outputs
+@contextmanager
+def recorded_outputs(model, hidden_states=None, attentions=None):
+    """
+    While inside, record what transformers' `output_hidden_states` and `output_attentions` return, from the modules
+    that its `model._can_record_outputs` names, as they run: into the list `hidden_states`, the input of the first
+    layer and then each layer's output `(batch_size, seq_len, hidden_size)`; into the list `attentions`, each
+    attention module's probabilities `(batch_size, num_heads, seq_len, seq_len)` (its second output). A list left
+    None records nothing. The hooks are removed on leaving, so that no other call pays for them.
+    """
+
+    def record_hidden_states(module, inputs, output):
+        if not hidden_states:
+            hidden_states.append(inputs[0])
+        hidden_states.append(output[0] if isinstance(output, tuple) else output)
+
+    def record_attentions(module, inputs, output):
+        attentions.append(output[1])
+
+    hooks = {}
+    if hidden_states is not None:
+        hooks["hidden_states"] = record_hidden_states
+    if attentions is not None:
+        hooks["attentions"] = record_attentions
+    handles = [
+        module.register_forward_hook(hook) for module in model.modules() for key, hook in hooks.items()
+        if isinstance(module, model._can_record_outputs[key])
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 # `save_pretrained` writes `auto_map` into config.json and copies this file beside the weights: then

@@ -570,6 +570,107 @@ def test_output_all_layer_logits(variant, task):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# transformers' output_hidden_states, output_attentions and return_dict
+
+
+@pytest.mark.parametrize("variant", MAIN_VARIANTS + ["electra_unprojected"])
+@torch.no_grad()
+def test_hidden_states_and_attentions_are_the_plain_backbones_and_answers_unchanged(variant):
+    model = make_model(variant, 3, attn_implementation="eager")
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    plain = plain_backbone(model)(**plain_inputs(input_ids, attention_mask, token_type_ids),
+                                  output_hidden_states=True, output_attentions=True)
+    # ALBERT records every inner layer of a group, as transformers does
+    per_layer = getattr(model.config, "inner_group_num", 1)
+    assert len(plain.hidden_states) == 1 + model.config.num_hidden_layers * per_layer
+    assert len(plain.attentions) == model.config.num_hidden_layers * per_layer
+
+    spread = False
+    for patience in (0, 1, 2):
+        early_exit = model(**inputs, patience=patience)
+        spread = spread or has_spread(early_exit.exit_layers, model.config.num_hidden_layers)
+        both = model(**inputs, patience=patience, output_hidden_states=True, output_attentions=True)
+        for name, plain_outputs in (("hidden_states", plain.hidden_states), ("attentions", plain.attentions)):
+            outputs = getattr(both, name)
+            assert isinstance(outputs, tuple) and len(outputs) == len(plain_outputs), name
+            for ours, theirs in zip(outputs, plain_outputs):
+                assert ours.shape == theirs.shape  # every example, at the input's length, padding included
+                torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+        assert torch.equal(both.exit_layers, early_exit.exit_layers), patience
+        torch.testing.assert_close(both.logits, early_exit.logits, rtol=0, atol=1e-5)
+        hidden_only = model(**inputs, patience=patience, output_hidden_states=True)
+        assert hidden_only.attentions is None and len(hidden_only.hidden_states) == len(plain.hidden_states)
+    assert spread  # some examples exit early: the outputs are still every layer's
+
+
+@pytest.mark.parametrize("variant", ONE_PER_FAMILY)
+@torch.no_grad()
+def test_config_output_defaults_are_honoured_as_in_transformers(variant):
+    model = make_model(variant, 3, attn_implementation="eager")
+    model.config.output_hidden_states = model.config.output_attentions = True
+    model.config.return_dict = False
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=1)
+    logits, hidden_states, attentions, exit_layers = model(**inputs)
+    num_layers = model.config.num_hidden_layers
+    assert (len(hidden_states), len(attentions)) == (num_layers + 1, num_layers)
+    output = model(**inputs, output_hidden_states=False, output_attentions=False, return_dict=True)
+    assert (output.hidden_states, output.attentions) == (None, None)
+    assert torch.equal(output.exit_layers, exit_layers)
+    torch.testing.assert_close(output.logits, logits, rtol=0, atol=1e-5)  # early exit's, by another path
+
+
+@torch.no_grad()
+def test_return_dict_false_gives_transformers_tuple_order():
+    model = make_model("bert", 3, attn_implementation="eager")
+    input_ids, attention_mask, token_type_ids = make_batch()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=1)
+    labels = torch.arange(len(LENGTHS)) % 3
+    output = model(**inputs, labels=labels, output_hidden_states=True, output_attentions=True,
+                   output_all_layer_logits=True)
+    as_tuple = model(**inputs, labels=labels, output_hidden_states=True, output_attentions=True,
+                     output_all_layer_logits=True, return_dict=False)
+    # transformers' (loss, logits, hidden_states, attentions), then what early exit adds
+    expected = (output.loss, output.logits, output.hidden_states, output.attentions, output.exit_layers,
+                output.all_layer_logits)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(expected)
+    for ours, theirs in zip(as_tuple, expected):
+        if isinstance(theirs, tuple):
+            assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+        else:
+            assert torch.equal(ours, theirs)
+    logits, exit_layers = model(**inputs, return_dict=False)  # fields left None are left out, as in transformers
+    assert torch.equal(exit_layers, output.exit_layers)
+    torch.testing.assert_close(logits, output.logits, rtol=0, atol=1e-5)  # early exit's, by another path
+
+
+def test_output_attentions_needs_eager_attention():
+    model = make_model("bert", 3)
+    assert model.config._attn_implementation == "sdpa"
+    input_ids, attention_mask, token_type_ids = make_batch()
+    with pytest.raises(ValueError, match='attn_implementation="eager"'):
+        model(input_ids, attention_mask=attention_mask, output_attentions=True)
+    with torch.no_grad():  # hidden states need no attention probabilities
+        assert len(model(input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states) == 7
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        assert len(model(input_ids, attention_mask=attention_mask, output_attentions=True).attentions) == 6
+
+
+def test_hidden_states_in_training_carry_gradients_and_leave_the_loss_unchanged():
+    model = make_model("bert", 3).train()
+    input_ids, attention_mask, token_type_ids = make_batch()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, labels=torch.arange(len(LENGTHS)) % 3)
+    torch.manual_seed(0)
+    loss = model(**inputs).loss
+    torch.manual_seed(0)
+    output = model(**inputs, output_hidden_states=True)
+    torch.testing.assert_close(output.loss, loss, rtol=0, atol=1e-6)
+    assert all(hidden_states.requires_grad for hidden_states in output.hidden_states)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Losses
 
 
@@ -930,7 +1031,7 @@ def test_defaults_are_written_to_the_config():
 
 @pytest.mark.parametrize("path", MODELING_FILES, ids=lambda p: p.name)
 def test_modeling_file_imports_only_torch_and_transformers(path):
-    allowed = {"torch", "transformers", "dataclasses", "__future__", "typing", "math"}
+    allowed = {"torch", "transformers", "contextlib", "dataclasses", "__future__", "typing", "math"}
     imported = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):

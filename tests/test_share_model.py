@@ -1,16 +1,21 @@
 """A saved PABEE model works with transformers' own clients, and `python -m pabee.classify` tries one on sentences.
 
-A saved folder carries `auto_map` and the modeling file, so AutoModelForSequenceClassification and pipeline rebuild it
-with trust_remote_code=True (offline) and answer as the original class does; without it transformers refuses. Trainer
-trains and evaluates the classes, and torch.compile gives the same answers. Tiny random models, CPU, offline.
+A saved folder carries `auto_map` and the modeling file, so that, in a process that has not imported pabee,
+AutoModelForSequenceClassification and pipeline rebuild it from the folder's code with trust_remote_code=True
+(offline) and answer as the original class does; without it transformers refuses. `import pabee` registers its
+classes with the Auto classes: then they load the folder without the flag (and its tokenizer without a prompt), as
+this package's classes. Trainer trains and evaluates the classes, and torch.compile gives the same answers. Tiny
+random models, CPU, offline.
 
     python -m pytest tests/test_share_model.py -q
 """
 
 import io
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,12 +37,15 @@ from test_modeling import (
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     BertForSequenceClassification,
     BertTokenizerFast,
     Trainer,
     TrainingArguments,
     pipeline,
 )
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from pabee import classify
 from pabee.modeling_pabee_bert import BertForSequenceClassificationWithPabee, PabeeBertConfig
@@ -63,6 +71,21 @@ def offline_and_modules_cache(tmp_path_factory):
         patch.setattr(sys, "path", list(sys.path))  # transformers appends the modules cache to it
         yield modules_cache
     torch.set_num_threads(threads)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def without_pabee_registered(monkeypatch):
+    """
+    The Auto classes as in a process that has not imported pabee (which registers its classes with them): what a
+    user of transformers alone has. `test_without_import_pabee_auto_classes_run_the_folders_code` checks the same in
+    a fresh interpreter.
+    """
+    for model_class in MODEL_CLASSES.values():
+        monkeypatch.delitem(CONFIG_MAPPING._extra_content, model_class.config_class.model_type)
+        monkeypatch.delitem(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING._extra_content, model_class.config_class)
 
 
 def inputs_of(batch):
@@ -112,7 +135,8 @@ def test_plain_config_is_taken_over_with_every_setting(variant):
 @pytest.mark.parametrize("exit_pooling", ["pooler", "mean"])
 @pytest.mark.parametrize("variant", ["bert", "albert_groups2"] + NEW_FAMILY_VARIANTS)
 @torch.no_grad()
-def test_auto_model_with_trust_remote_code_answers_as_the_original_class(variant, exit_pooling, tmp_path):
+def test_auto_model_with_trust_remote_code_answers_as_the_original_class(variant, exit_pooling, tmp_path,
+                                                                        without_pabee_registered):
     # A saved patience at which the test batch's exits spread over several layers with these random classifiers
     patience = 2 if (variant, exit_pooling) == ("distilbert", "pooler") else 1
     model = make_model(variant, 3, patience=patience, regression_threshold=0.3, exit_pooling=exit_pooling)
@@ -134,7 +158,7 @@ def test_auto_model_with_trust_remote_code_answers_as_the_original_class(variant
                            model(**inputs, patience=patience).exit_layers)
 
 
-def test_folders_the_script_saves_load_through_auto_model(tmp_path):
+def test_folders_the_script_saves_load_through_auto_model(tmp_path, without_pabee_registered):
     """The trained model and its checkpoints, as run_glue_with_pabee.py saves them (the demo's output/demo)."""
     output_dir = tmp_path / "output"
     run_main(["--model_name_or_path", save_tiny_model(tmp_path / "backbone"), "--task_name", "SST-2", "--data_dir",
@@ -155,13 +179,96 @@ def test_folders_the_script_saves_load_through_auto_model(tmp_path):
 
 
 @pytest.mark.parametrize("variant", ONE_PER_FAMILY)
-def test_plain_auto_model_refuses_and_says_to_trust_remote_code(variant, tmp_path, monkeypatch):
+def test_plain_auto_model_refuses_and_says_to_trust_remote_code(variant, tmp_path, monkeypatch,
+                                                                without_pabee_registered):
     """Without trust_remote_code transformers must not build its plain classifier with a new, random head."""
     make_model(variant, 3).save_pretrained(tmp_path)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # transformers asks on a terminal; an answerless one says no
     for load in (AutoModelForSequenceClassification.from_pretrained, AutoConfig.from_pretrained):
         with pytest.raises(ValueError, match="pass the argument `trust_remote_code=True`"):
             load(tmp_path)
+
+
+def run_python(code, **kwargs):
+    """`code` in a fresh interpreter, offline, from the repository root: (exit status, stdout and stderr together)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=300, **kwargs)
+    return process.returncode, process.stdout
+
+
+def test_without_import_pabee_auto_classes_run_the_folders_code(tmp_path):
+    make_model("bert", 3).save_pretrained(tmp_path)
+    code = f"""
+import transformers
+from transformers import AutoModelForSequenceClassification
+try:
+    AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r})
+except ValueError as error:
+    print("refused:", "trust_remote_code=True" in str(error))
+model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
+print("class:", type(model).__module__.split(".")[0], type(model).__name__)
+"""
+    status, output = run_python(code, stdin=subprocess.DEVNULL)  # no answer to a prompt: transformers refuses
+    assert status == 0, output
+    assert "refused: True" in output
+    assert "class: transformers_modules BertForSequenceClassificationWithPabee" in output
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("variant", ONE_PER_FAMILY)
+def test_after_import_pabee_auto_classes_build_its_classes_without_the_flag(variant, tmp_path):
+    model = make_model(variant, 3, patience=1)
+    model.save_pretrained(tmp_path)
+    inputs = inputs_of(make_batch(config=model.config))
+    expected = model(**inputs)
+    for trust_remote_code in (None, True):  # a registered class comes before the folder's code, as transformers does
+        assert type(AutoConfig.from_pretrained(tmp_path, trust_remote_code=trust_remote_code)) is type(model.config)
+        loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=trust_remote_code)
+        assert type(loaded) is type(model) and loaded.config.patience == 1
+        answer = loaded.eval()(**inputs)
+        assert torch.equal(answer.exit_layers, expected.exit_layers)
+        torch.testing.assert_close(answer.logits, expected.logits, rtol=0, atol=1e-6)
+
+
+def test_pipeline_after_import_pabee_needs_no_flag(trained_folder):
+    classifier = pipeline("text-classification", model=str(trained_folder))
+    assert type(classifier.model) is BertForSequenceClassificationWithPabee
+    assert [result["label"] for result in classifier(TEXTS)] == [label for label, _, _ in one_at_a_time(
+        trained_folder, TEXTS)]
+
+
+def test_saved_tokenizer_loads_silently_at_a_terminal_without_the_flag(tmp_path):
+    """
+    AutoTokenizer reads the model's config to pick the tokenizer, which for a folder of custom code asks "Do you wish
+    to run the custom code? [y/N]" at a terminal unless the config's model type is registered, as `import pabee`
+    does. Standard input is a pseudo-terminal here, so that a prompt would show (and wait) as it does for a user.
+    """
+    folders = {}
+    for family in MODEL_CLASSES:
+        folder = str(save_tiny_model(tmp_path / family, family))
+        MODEL_CLASSES[family].from_pretrained(folder, num_labels=2).save_pretrained(folder)
+        expected = type(AutoTokenizer.from_pretrained(folder, config=load_pabee_config(folder)[0])).__name__
+        folders[family] = (folder, expected)
+    code = f"""
+import sys
+import pabee
+from transformers import AutoTokenizer
+for family, (folder, expected) in {folders!r}.items():
+    print(family, type(AutoTokenizer.from_pretrained(folder)).__name__ == expected)
+print("remote code run:", any(name.startswith("transformers_modules") for name in sys.modules))
+"""
+    controller, terminal = os.openpty()
+    try:
+        status, output = run_python(code, stdin=terminal)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert status == 0, output
+    lines = [line for line in output.splitlines() if line.split(" ")[0] in MODEL_CLASSES or "remote code" in line]
+    assert lines == [f"{family} True" for family in MODEL_CLASSES] + ["remote code run: False"], output
+    for words in ("custom code", "[y/N]", "trust_remote_code", "model of type"):
+        assert words not in output, output
 
 
 @pytest.mark.parametrize("saved_as", ["plain BertForSequenceClassification", "reference checkpoint"])
@@ -221,7 +328,8 @@ def one_at_a_time(folder, texts, patience=None, exit_confidence=None):
     return answers
 
 
-def test_pipeline_with_trust_remote_code_gives_the_labels_and_scores_of_our_class(trained_folder):
+def test_pipeline_with_trust_remote_code_gives_the_labels_and_scores_of_our_class(trained_folder,
+                                                                                 without_pabee_registered):
     classifier = pipeline("text-classification", model=str(trained_folder), trust_remote_code=True)
     assert type(classifier.model).__module__.startswith("transformers_modules.")
     expected = one_at_a_time(trained_folder, TEXTS)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertTokenizerFast
 
 import run_glue_with_pabee
-from fixtures_glue import NUM_TRAIN, VOCAB, WORDS, changes, run_main, save_tiny_model, snapshot, write_test_split
+from fixtures_glue import NUM_TRAIN, VOCAB, WORDS, changes, run_main, snapshot, write_test_split
 from pabee import BertForSequenceClassificationWithPabee
 from pabee.glue import get_task, read_glue_split
 from test_run_glue import base_args, copy_task, eval_args, glue, models, read_runs, single_threaded  # noqa: F401

@@ -20,7 +20,6 @@ DELTAS = [0.05, 0.2]
 
 @pytest.fixture()
 def study(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = importlib.util.spec_from_file_location("study_selection", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

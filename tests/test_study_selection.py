@@ -19,7 +19,7 @@ DELTAS = [0.05, 0.2]
 
 
 @pytest.fixture()
-def study(monkeypatch):
+def study():
     spec = importlib.util.spec_from_file_location("study_selection", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -201,7 +201,10 @@ def summarize_run(victim, results, labels, setting, goal, num_layers, seed):
                                     [r.words_changed for r in results], [r.words for r in results], seed=seed))
     if goal != "misclassification":
         summary.update(slowdown_summary(clean_layers, attacked_layers, num_layers, seed=seed))
-        summary["slowdown_success_rate"] = interval(np.mean, attacked_layers > clean_layers, seed=seed)
+        raised = attacked_layers > clean_layers
+        summary["slowdown_success_rate"] = interval(np.mean, raised, seed=seed)
+        share = np.array([r.words_changed / max(r.words, 1) for r in results])
+        summary["slowdown_words_changed_share"] = interval(np.mean, share[raised], seed=seed)
         # The guard's separation of clean from attacked reviews (those the attack changed), under this setting
         changed = [r for r in results if r.adversarial != r.text]
         kwargs = setting.model_kwargs(0.1)
@@ -375,9 +378,12 @@ def plot_histograms(path, study, model):
 def save(args, study, examples):
     study["claims"] = robustness_claim(study["runs"], args.seed)
     os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
-    for path, content in ((args.output_json, study), (examples_path(args), examples)):
+    # The adversarial reviews, one run per line
+    examples_text = "{\n" + ",\n".join(f"{json.dumps(key)}: {json.dumps(value)}" for key, value in examples.items())
+    for path, text in ((args.output_json, json.dumps(study, indent=1) + "\n"), (examples_path(args),
+                                                                               examples_text + "\n}\n")):
         partial = f"{path}.partial"
-        Path(partial).write_text(json.dumps(content, indent=1) + "\n")
+        Path(partial).write_text(text)
         os.replace(partial, path)
     write_markdown(args.output_md, study)
     first = next(iter(study["models"]), None)

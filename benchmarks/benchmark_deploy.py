@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from pabee.classify import load_model  # noqa: E402
 from pabee.export import export_model  # noqa: E402
 from pabee.glue import get_task, read_glue_split  # noqa: E402
+from pabee.modeling_pabee_bert import simulate_exit_layers  # noqa: E402
 from pabee.onnx_runner import PabeeOnnxModel  # noqa: E402
 from pabee.quantization import quantize_int8  # noqa: E402
 
@@ -158,17 +159,36 @@ def summarize(logits, exit_layers, labels, num_layers):
     }
 
 
-def answers_section(engines, batches_32, alone_batches, labels, num_layers, timed_settings):
-    """Accuracy, exits and agreement with torch fp32 for every engine at every demo setting (no timing)."""
-    reference_layers = engines["torch fp32"].every_layer(batches_32)
+def answers_section(engines, batches_32, alone_batches, labels, num_layers, timed_settings, from_one_pass=False,
+                    checked_settings=((1, 0.75),)):
+    """
+    Accuracy, exits and agreement with torch fp32 for every engine at every demo setting (no timing). With
+    `from_one_pass`, each engine's answers at every setting come from one full-depth pass of it (the modeling file's
+    `simulate_exit_layers` on its every-layer logits) and real early-exit runs are made at `checked_settings` only,
+    to check them against it; otherwise every setting is run for real, and the timed settings one review at a time
+    too.
+    """
+    every_layer = {name: engine.every_layer(batches_32) for name, engine in tqdm(engines.items(), desc="every layer")}
+    reference_layers = every_layer["torch fp32"]
+
+    def answers(name, patience, gate):
+        if not from_one_pass:
+            return engines[name].run(batches_32, patience, gate)
+        exits = simulate_exit_layers(torch.from_numpy(every_layer[name]), patience, 0.1,
+                                     exit_confidence=gate).numpy()
+        return every_layer[name][np.arange(len(exits)), exits - 1], exits
+
     results = []
-    for patience, gate in tqdm(DEMO_SETTINGS, desc="answers"):
-        reference_logits, reference_exits = engines["torch fp32"].run(batches_32, patience, gate)
+    progress = tqdm(total=len(DEMO_SETTINGS) * len(engines), desc="answers")
+    for patience, gate in DEMO_SETTINGS:
+        reference_logits, reference_exits = answers("torch fp32", patience, gate)
         for name, engine in engines.items():
-            logits, exit_layers = engine.run(batches_32, patience, gate)
+            logits, exit_layers = answers(name, patience, gate)
+            progress.update()
             differ = np.flatnonzero(exit_layers != reference_exits)
             entry = {"engine": name, "setting": setting_label(patience, gate), "patience": patience,
-                     "exit_confidence": gate, "batch_size": 32, **summarize(logits, exit_layers, labels, num_layers),
+                     "exit_confidence": gate, "batch_size": 32, "from_one_pass": from_one_pass,
+                     **summarize(logits, exit_layers, labels, num_layers),
                      "exit_layer_agreement_with_torch_fp32": float((exit_layers == reference_exits).mean()),
                      "prediction_agreement_with_torch_fp32": float((logits.argmax(-1) ==
                                                                     reference_logits.argmax(-1)).mean()),
@@ -178,7 +198,13 @@ def answers_section(engines, batches_32, alone_batches, labels, num_layers, time
                          {"review": int(i), "torch_fp32": int(reference_exits[i]), name: int(exit_layers[i]),
                           **near_tie(reference_layers[i], max(reference_exits[i], exit_layers[i]), gate)}
                          for i in differ]}
-            if (patience, gate) in timed_settings:
+            if from_one_pass and (patience, gate) in checked_settings:
+                real_logits, real_exits = engine.run(batches_32, patience, gate)
+                entry["real_run"] = {**summarize(real_logits, real_exits, labels, num_layers),
+                                     "exit_layer_agreement_with_one_pass": float((real_exits == exit_layers).mean()),
+                                     "exit_layer_agreement_with_torch_fp32": float(
+                                         (real_exits == reference_exits).mean())}
+            if not from_one_pass and (patience, gate) in timed_settings:
                 alone_logits, alone_exits = engine.run(alone_batches, patience, gate)
                 count = len(alone_exits)
                 entry["batch_1_vs_batch_32"] = {
@@ -187,8 +213,8 @@ def answers_section(engines, batches_32, alone_batches, labels, num_layers, time
                     "prediction_agreement": float((alone_logits.argmax(-1) == logits[:count].argmax(-1)).mean()),
                 }
             results.append(entry)
-    every_layer_difference = {name: float(np.abs(engine.every_layer(batches_32) - reference_layers).max())
-                              for name, engine in engines.items() if name != "torch fp32"}
+    every_layer_difference = {name: float(np.abs(layers - reference_layers).max())
+                              for name, layers in every_layer.items() if name != "torch fp32"}
     return {"entries": results, "max_every_layer_logit_difference_from_torch_fp32": every_layer_difference}
 
 
@@ -267,6 +293,10 @@ def parse_args(argv=None):
                         help="Threads of torch and onnxruntime (default: torch's default, the cores).")
     parser.add_argument("--no_timing", action="store_true", help="Only the answers section (figures that do not "
                                                                  "depend on time).")
+    parser.add_argument("--answers_from_one_pass", action="store_true",
+                        help="Answers section: each engine's answers at every setting from one full-depth pass of it "
+                             "(exact for fp32; int8 answers then come from full batches), with real runs at the "
+                             "demo's gated patience only, checked against it. Much faster.")
     parser.add_argument("--skip_answers", action="store_true", help="Only the timing section.")
     parser.add_argument("--torchao", action="store_true",
                         help="Also time torchao's int8 against torch.ao's, at full depth (needs pip install torchao).")
@@ -312,7 +342,8 @@ def main(argv=None):
             batches_1 = make_batches(tokenizer, alone_examples, 1, args.max_seq_length, takes_types)
             if model_name == "model" and not args.skip_answers:
                 results["answers"] = answers_section(engines, batches_32, batches_1, labels,
-                                                     config.num_hidden_layers, args.timed_settings)
+                                                     config.num_hidden_layers, args.timed_settings,
+                                                     args.answers_from_one_pass)
             settings = args.timed_settings if model_name == "model" else [(0, 0.0)]
             for batch_size, batches in ((32, batches_32), (1, batches_1)):
                 for engine in engines.values():

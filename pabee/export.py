@@ -165,6 +165,7 @@ def export_model(model_path, output, int8=False, overwrite=False):
             "regression_threshold": config.regression_threshold,
             "exit_criterion": config.exit_criterion,
             "exit_threshold": config.exit_threshold,
+            "max_exit_layer": getattr(config, "max_exit_layer", None),  # a depth cap, where the model has one
             "exit_pooling": config.exit_pooling,
             "max_length": max_model_length(config),
             "pad_token_id": tokenizer.pad_token_id,

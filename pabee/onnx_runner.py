@@ -3,8 +3,8 @@
 This file is copied into every exported folder (as `pabee_onnx.py`) and needs only numpy, onnxruntime and the
 `tokenizers` library: no torch, no transformers, no PABEE repository.
 
-    python pabee_onnx.py "a gripping, funny film" "dull and far too long"     # run from the exported folder
-    python pabee_onnx.py --patience 3 --file reviews.txt
+    python output/demo-onnx/pabee_onnx.py "a gripping, funny film" "dull and far too long"
+    python output/demo-onnx/pabee_onnx.py --patience 3 --file reviews.txt   # one text (or tab-separated pair) a line
 
     from pabee_onnx import PabeeOnnxModel
     model = PabeeOnnxModel("output/demo-onnx")
@@ -40,9 +40,9 @@ def exits_at_layer(logits, previous_predictions, counters, layer, num_layers, pa
                    regression_threshold=0.1, exit_criterion="patience", exit_threshold=None, max_exit_layer=None):
     """
     The exit rule, for the running examples after layer `layer` (1-based) of `num_layers`, from that layer's logits
-    `(batch_size, num_labels)` (a single logit: regression). Returns (a boolean array: which examples answer with
-    these logits now; this layer's predictions and the patience counters, to pass back in at the next layer; None
-    before layer 1).
+    `(batch_size, num_labels)` (a single logit: regression), and what the previous layer's call returned for the same
+    examples (`previous_predictions` and `counters`: None at layer 1). Returns (a boolean array: which examples
+    answer with these logits now; this layer's predictions; the patience counters, None for the other criteria).
 
     - "patience" (PABEE): a counter per example counts how many layers in a row its prediction (the argmax, or for
       regression the score) stayed the same as the previous layer's; a score counts as the same when it moved by
@@ -260,9 +260,16 @@ def main(argv=None):
         parser.error(f"{args.model} holds no {SETTINGS_FILE}: not a folder that python -m pabee.export wrote")
     if args.texts:
         lines = args.texts
+    elif args.file:
+        try:
+            with open(args.file, encoding="utf-8") as source:
+                lines = [line.rstrip("\r\n") for line in source]
+        except (OSError, UnicodeDecodeError) as error:
+            parser.error(f"cannot read --file {args.file}: {error}")
+    elif sys.stdin.isatty():
+        parser.error("no input: give texts as arguments, --file, or lines on standard input")
     else:
-        with open(args.file, encoding="utf-8") if args.file else sys.stdin as source:
-            lines = [line.rstrip("\r\n") for line in source]
+        lines = [line.rstrip("\r\n") for line in sys.stdin]
     lines = [line for line in lines if line.strip()]
     if not lines:
         parser.error("no input")

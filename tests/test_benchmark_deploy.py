@@ -23,22 +23,30 @@ def load_benchmark():
     return module
 
 
-def test_quick_run_writes_answers_and_interleaved_timings(tmp_path):
-    threads = torch.get_num_threads()
+def save_model_and_data(tmp_path):
     model_folder = tmp_path / "model"
     tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(VOCAB)}, do_lower_case=True)
     model = make_model("bert", 2, num_hidden_layers=3, exit_pooling="mean", vocab_size=len(VOCAB))
     model.config.finetuning_task = "sst-2"
     model.save_pretrained(model_folder)
     tokenizer.save_pretrained(model_folder)
-    data_dir = write_glue_task(tmp_path / "SST-2", "sst-2")
-    output = tmp_path / "deploy.json"
+    return str(model_folder), write_glue_task(tmp_path / "SST-2", "sst-2")
+
+
+def run_benchmark(*argv):
+    threads = torch.get_num_threads()
     benchmark = load_benchmark()
     try:
-        benchmark.main(["--model", str(model_folder), "--plain_model", str(model_folder), "--data_dir", data_dir,
-                        "--output", str(output), "--quick", "--threads", "1"])
+        return benchmark, benchmark.main([str(arg) for arg in argv] + ["--quick", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_quick_run_writes_answers_and_interleaved_timings(tmp_path):
+    model_folder, data_dir = save_model_and_data(tmp_path)
+    output = tmp_path / "deploy.json"
+    benchmark, _ = run_benchmark("--model", model_folder, "--plain_model", model_folder, "--data_dir", data_dir,
+                                 "--output", output)
     results = json.loads(output.read_text())
 
     answers = results["answers"]["entries"]
@@ -60,3 +68,19 @@ def test_quick_run_writes_answers_and_interleaved_timings(tmp_path):
     baseline = [entry for entry in timing if entry["model"] == "model" and entry["engine"] == "torch fp32"
                 and entry["patience"] == 0]
     assert all(entry["speedup_over_torch_fp32_full_depth"] == 1.0 for entry in baseline)
+
+
+def test_answers_from_one_pass_agree_with_real_runs(tmp_path):
+    model_folder, data_dir = save_model_and_data(tmp_path)
+    output = tmp_path / "answers.json"
+    benchmark, results = run_benchmark("--model", model_folder, "--data_dir", data_dir, "--output", output,
+                                       "--no_timing", "--answers_from_one_pass")
+    assert "timing" not in results and json.loads(output.read_text()) == results
+    entries = results["answers"]["entries"]
+    assert len(entries) == len(benchmark.DEMO_SETTINGS) * len(benchmark.ENGINES)
+    checked = [entry for entry in entries if "real_run" in entry]
+    assert {entry["setting"] for entry in checked} == {"patience 1, confidence >= 0.75"}
+    for entry in checked:
+        if entry["engine"].endswith("fp32"):  # fp32 answers do not depend on the batch: real runs are the one pass's
+            assert entry["real_run"]["exit_layer_agreement_with_one_pass"] == 1.0
+            assert entry["real_run"]["exit_histogram"] == entry["exit_histogram"]

@@ -222,6 +222,8 @@ def test_folder_holds_graphs_settings_tokenizer_and_runner(exported_folder, mode
     assert settings["precision"] == "fp32" and settings["patience"] == 1 and settings["num_labels"] == 2
     assert settings["id2label"] == {"0": "negative", "1": "positive"}
     assert SETTINGS_FILE == EXPORTED_SETTINGS_FILE
+    with open(os.path.join(exported_folder, "config.json")) as file:
+        assert "auto_map" not in json.load(file)  # no modeling code in the folder to point at
     with open(os.path.join(REPO_ROOT, "pabee", "onnx_runner.py")) as original:
         with open(os.path.join(exported_folder, "pabee_onnx.py")) as copy:
             assert copy.read() == original.read()

@@ -95,6 +95,7 @@ from pabee.models import (
     max_model_length,
     model_family,
 )
+from pabee.quantization import quantize_int8
 from pabee.selection import FULL_DEPTH, apply_to_config, parse_goal, risk_on, select_setting
 from pabee.sweep import SweepOptions, evaluate, exit_settings, log_evaluation, plot_results, write_test_predictions
 from pabee.training import TrainingOptions, save_arguments, train
@@ -359,6 +360,11 @@ def parse_args(argv=None):
     hardware.add_argument("--bf16", action="store_true",
                           help="Mixed precision with bfloat16 (CPU or CUDA): training and every evaluation and "
                                "prediction.")
+    hardware.add_argument("--int8", action="store_true",
+                          help="Evaluate and predict with the model quantized to int8 (dynamic quantization of every "
+                               "linear layer, CPU only: about twice as fast, at a small cost in accuracy; see "
+                               "docs/deploy.md). Training stays in float32; results entries say \"precision\": "
+                               "\"int8\".")
     hardware.add_argument("--fp16_opt_level", type=str, default=None,
                           help="Accepted for compatibility with the NVIDIA apex version of this script; ignored.")
     hardware.add_argument("--local_rank", "--local-rank", type=int, default=-1,
@@ -417,6 +423,8 @@ def parse_args(argv=None):
                      f"{args.num_train_epochs:g}: it would save the untrained model")
     if args.fp16 and args.bf16:
         parser.error("choose one of --fp16 and --bf16")
+    if args.int8 and (args.fp16 or args.bf16):
+        parser.error("--int8 evaluates in int8: leave out --fp16 and --bf16")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
         parser.error("choose one of --resume_from_checkpoint and --overwrite_output_dir (which starts over)")
     if args.data_dir and (args.train_file or args.validation_file):
@@ -727,7 +735,9 @@ def evaluate_during_training(args, accelerator, eval_dataloaders, tb_writer):
     """The callback that evaluates every --logging_steps while training, keeping the results like any other."""
 
     def on_log(model, step):
-        entries, per_layer = evaluate(sweep_options(args), accelerator, model, eval_dataloaders, f"step-{step}", step)
+        entries, per_layer = evaluate(sweep_options(args), accelerator, for_evaluation(args, model), eval_dataloaders,
+                                      f"step-{step}", step)
+        entries = with_precision(args, entries)
         if accelerator.is_main_process:
             save_results(args.output_dir, entries, run_info(args), per_layer)
             if tb_writer is not None:
@@ -782,6 +792,19 @@ def report_selection(args, accelerator, model, eval_dataloaders, entries, select
         entry["selected"] = {**selection.record(),
                              "eval_risk": risk_on(full_depth.all_layer_logits, full_depth.labels, selection.setting,
                                                   selection.risk, threshold)}
+
+
+def for_evaluation(args, model):
+    """The model that evaluations and predictions run: with --int8, an int8 copy (see pabee.quantization)."""
+    return quantize_int8(model) if args.int8 else model
+
+
+def with_precision(args, entries):
+    """Result entries that record int8 evaluation as such (the sweep records the accelerator's precision)."""
+    if args.int8:
+        for entry in entries:
+            entry["precision"] = "int8"
+    return entries
 
 
 def run_info(args):
@@ -850,6 +873,8 @@ def run(args):
         os.environ["LOCAL_RANK"] = str(args.local_rank)  # the old launcher passes it as an argument
     if args.fp16 and (args.no_cuda or not torch.cuda.is_available()):
         raise InputError("--fp16 needs a CUDA GPU; use --bf16 for mixed precision on the CPU")
+    if args.int8 and not args.no_cuda and torch.cuda.is_available():
+        raise InputError("--int8 runs on the CPU (torch's int8 kernels are CPU kernels): add --no_cuda")
     accelerator = Accelerator(
         # Without CUDA, accelerate makes each process of a torchrun a single-process run of its own unless told
         # `cpu` (alone, a process may still use another accelerator, as Apple's MPS).
@@ -960,8 +985,10 @@ def run(args):
             checkpoint_model = model if name == "final" else load_model(args, path, for_training=False)
             checkpoint_model.config.regression_threshold = args.regression_threshold
             checkpoint_entries, checkpoint_layers = evaluate(
-                sweep_options(args), accelerator, checkpoint_model.to(accelerator.device), eval_dataloaders, name, step
+                sweep_options(args), accelerator, for_evaluation(args, checkpoint_model.to(accelerator.device)),
+                eval_dataloaders, name, step
             )
+            checkpoint_entries = with_precision(args, checkpoint_entries)
             if selection is not None and name == "final":
                 report_selection(args, accelerator, checkpoint_model, eval_dataloaders, checkpoint_entries, selection)
             entries += checkpoint_entries
@@ -976,7 +1003,8 @@ def run(args):
 
     # Predict
     if args.do_predict:
-        written = write_test_predictions(sweep_options(args), accelerator, model, test_dataloaders)
+        written = write_test_predictions(sweep_options(args), accelerator, for_evaluation(args, model),
+                                         test_dataloaders)
         if accelerator.is_main_process:
             logger.info("Test predictions written to %s", ", ".join(sorted({os.path.dirname(p) for p in written})))
 

@@ -5,6 +5,8 @@
     python -m pabee.classify --model output/demo --patience 1 --exit_confidence 0.75 "a gripping, funny film"
     python -m pabee.classify --model output/demo --patience 1 --exit_confidence 0.75 --max_exit_layer 4 "a fine film"
     printf 'A man plays.\\tSomeone plays.\\n' | python -m pabee.classify --model output/mrpc   # pairs: tab-separated
+    python -m pabee.classify --model output/demo --int8 "a gripping, funny film"         # int8 on the CPU
+    python -m pabee.classify --model output/demo-onnx "a gripping, funny film"    # a folder pabee.export wrote
 
 Texts come from the arguments, else from --file, else from standard input: one text, or a tab-separated sentence pair,
 per line (blank lines are skipped). The model answers with early exit at the patience (and confidence gate) saved
@@ -27,6 +29,9 @@ from transformers.utils import logging as transformers_logging
 
 from .glue import finetuned_task, is_sentence_pair_task
 from .models import MODEL_CLASSES, TOKENIZER_FILES, lacks_tokenizer_files, load_pabee_config, max_model_length
+from .quantization import quantize_int8
+
+EXPORTED_SETTINGS_FILE = "pabee_onnx.json"  # what pabee.export writes beside the graphs (onnx_runner.SETTINGS_FILE)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,30 @@ class Answer:
 
 class InputError(Exception):
     """Bad input, reported as one line without a traceback."""
+
+
+@dataclass
+class ExportedModel:
+    """A folder that `python -m pabee.export` wrote: its runner (`PabeeOnnxModel`) and the model's config."""
+
+    runner: object
+    config: object
+
+
+def is_exported_folder(path):
+    return os.path.isfile(os.path.join(path, EXPORTED_SETTINGS_FILE))
+
+
+def load_exported_model(path):
+    """The exported ONNX model in folder `path` (see pabee.export) and the tokenizer saved with it."""
+    from .onnx_runner import PabeeOnnxModel  # onnxruntime only where an exported folder is run
+
+    try:
+        config, _ = load_pabee_config(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config)
+        return ExportedModel(PabeeOnnxModel(path), config), tokenizer
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(f"cannot load the exported model in {path}: {first_line(error)}")
 
 
 def load_model(path):
@@ -115,10 +144,12 @@ def check_input_kind(inputs, config):
 def classify(model, tokenizer, inputs, patience=None, batch_size=32, max_length=None, exit_confidence=None,
              max_exit_layer=None, slowdown_guard=None):
     """
-    The model's `Answer` for each (text, text_b or None) of `inputs`, in order, run `batch_size` at a time. The exit
-    settings left None are the model's own.
+    The model's `Answer` for each (text, text_b or None) of `inputs`, in order, run `batch_size` at a time. `model` is
+    a PABEE model or an `ExportedModel` (which has no slowdown guard). The exit settings left None are the model's
+    own.
     """
-    device = next(model.parameters()).device
+    exported = isinstance(model, ExportedModel)
+    device = None if exported else next(model.parameters()).device
     answers = []
     for start in range(0, len(inputs), batch_size):
         batch = inputs[start : start + batch_size]
@@ -129,17 +160,26 @@ def classify(model, tokenizer, inputs, patience=None, batch_size=32, max_length=
             padding=True,
             truncation=True,
             max_length=max_length or max_model_length(model.config),
-            return_tensors="pt",
-        ).to(device)
-        output = model(**encoded, patience=patience, exit_confidence=exit_confidence, max_exit_layer=max_exit_layer,
-                       slowdown_guard=slowdown_guard)
-        if model.config.num_labels == 1:
-            values, label_ids = output.logits[:, 0].tolist(), [None] * len(batch)
+            return_tensors="np" if exported else "pt",
+        )
+        fired = [None] * len(batch)
+        if exported:
+            logits, exit_layers = model.runner(encoded["input_ids"], encoded["attention_mask"],
+                                               encoded.get("token_type_ids"), patience=patience,
+                                               exit_confidence=exit_confidence, max_exit_layer=max_exit_layer)
+            logits, exit_layers = torch.from_numpy(logits), torch.from_numpy(exit_layers)
         else:
-            probabilities, ids = output.logits.float().softmax(dim=-1).max(dim=-1)
+            output = model(**encoded.to(device), patience=patience, exit_confidence=exit_confidence,
+                           max_exit_layer=max_exit_layer, slowdown_guard=slowdown_guard)
+            logits, exit_layers = output.logits, output.exit_layers
+            if output.guard_fired is not None:
+                fired = output.guard_fired.tolist()
+        if model.config.num_labels == 1:
+            values, label_ids = logits[:, 0].tolist(), [None] * len(batch)
+        else:
+            probabilities, ids = logits.float().softmax(dim=-1).max(dim=-1)
             values, label_ids = probabilities.tolist(), ids.tolist()
-        fired = [None] * len(batch) if output.guard_fired is None else output.guard_fired.tolist()
-        answers += [Answer(*fields) for fields in zip(label_ids, values, output.exit_layers.tolist(), fired)]
+        answers += [Answer(*fields) for fields in zip(label_ids, values, exit_layers.tolist(), fired)]
     return answers
 
 
@@ -179,7 +219,11 @@ def parse_args(argv=None):
                         help="Texts to classify; a sentence pair is two texts joined by a tab. Default: the lines "
                              "of --file, else of standard input.")
     parser.add_argument("--model", required=True,
-                        help="Folder of a trained PABEE model, as run_glue_with_pabee.py saves it (e.g. output/demo).")
+                        help="Folder of a trained PABEE model, as run_glue_with_pabee.py saves it (e.g. output/demo), "
+                             "or a folder that python -m pabee.export wrote from one (runs on onnxruntime).")
+    parser.add_argument("--int8", action="store_true",
+                        help="Run the model quantized to int8 (torch dynamic quantization, on the CPU). An exported "
+                             "folder is int8 when it was exported with --int8.")
     parser.add_argument("--file", default=None,
                         help="Read the inputs from this file: one text, or two tab-separated texts, per line.")
     parser.add_argument("--patience", type=int, default=None,
@@ -239,7 +283,17 @@ def main(argv=None):
         inputs = gather_inputs(args)
         if not inputs:
             raise InputError("no input: only blank lines; give one text (or tab-separated pair) per line")
-        model, tokenizer = load_model(args.model)
+        if not os.path.isdir(args.model):
+            raise InputError(f"--model {args.model}: no such folder")
+        if is_exported_folder(args.model):
+            model, tokenizer = load_exported_model(args.model)
+            if args.int8 and model.runner.settings["precision"] != "int8":
+                raise InputError(f"--int8: {args.model} was exported in fp32; export an int8 folder with python -m "
+                                 "pabee.export --int8, or leave out --int8")
+        else:
+            model, tokenizer = load_model(args.model)
+            if args.int8:
+                model = quantize_int8(model)
         check_input_kind(inputs, model.config)
         longest = max_model_length(model.config)
         if args.max_seq_length is not None and args.max_seq_length > longest:
@@ -254,7 +308,10 @@ def main(argv=None):
         if args.slowdown_guard is not None and model.config.num_labels == 1:
             raise InputError(f"--slowdown_guard reads class probabilities; the model in {args.model} is a "
                              "regression model, which has none")
-        if torch.cuda.is_available():
+        if args.slowdown_guard is not None and isinstance(model, ExportedModel):
+            raise InputError(f"--slowdown_guard runs in the torch model only; {args.model} is an exported folder: "
+                             "classify with the model folder it was exported from, or use --max_exit_layer alone")
+        if torch.cuda.is_available() and not (args.int8 or isinstance(model, ExportedModel)):
             model = model.cuda()
         answers = classify(model, tokenizer, inputs, args.patience, args.batch_size, args.max_seq_length,
                            args.exit_confidence, args.max_exit_layer, args.slowdown_guard)

@@ -551,8 +551,12 @@ class AlbertModelWithPabee(AlbertModel):
         if getattr(self.config, "exit_pooling", "pooler") == "mean":
             return torch.bmm(pooling_weights, hidden_states).squeeze(1)  # (batch, 1, seq) @ (batch, seq, hidden)
         # `AlbertModel`'s pooler (dense + tanh over the first token) as functions: at batch size 1 its module calls
-        # cost about as much as its arithmetic, after every layer.
-        return nn.functional.linear(hidden_states[:, 0], self.pooler.weight, self.pooler.bias).tanh_()
+        # cost about as much as its arithmetic, after every layer. A pooler that is no plain `nn.Linear` (a quantized
+        # one, whose `weight` is a method) is called as the module it is.
+        pooler = self.pooler
+        if type(pooler) is not nn.Linear:
+            return pooler(hidden_states[:, 0]).tanh_()
+        return nn.functional.linear(hidden_states[:, 0], pooler.weight, pooler.bias).tanh_()
 
 
 # Copied from pabee.modeling_pabee_bert.mean_pooling_weights

@@ -518,8 +518,11 @@ class BertModelWithPabee(BertModel):
         if getattr(self.config, "exit_pooling", "pooler") == "mean":
             return torch.bmm(pooling_weights, hidden_states).squeeze(1)  # (batch, 1, seq) @ (batch, seq, hidden)
         # `BertPooler` (dense + tanh over the first token) as functions: at batch size 1 its three module calls cost
-        # about as much as its arithmetic, after every layer.
+        # about as much as its arithmetic, after every layer. A dense layer that is no plain `nn.Linear` (a quantized
+        # one, whose `weight` is a method) is called as the module it is.
         dense = self.pooler.dense
+        if type(dense) is not nn.Linear:
+            return dense(hidden_states[:, 0]).tanh_()
         return nn.functional.linear(hidden_states[:, 0], dense.weight, dense.bias).tanh_()
 
 

@@ -110,8 +110,8 @@ def test_unchanged_copy_elsewhere_passes_and_uncopied_code_is_free(tmp_path):
     copy.write_text(ALBERT_FILE.read_text())
     assert check_copies.check_file(copy) == []
     # AlbertModelWithPabee is ALBERT's own code, not a copy: changing it is not a difference
-    old = "return nn.functional.linear(hidden_states[:, 0], self.pooler.weight, self.pooler.bias).tanh_()"
-    changed = copy_with_change(tmp_path, old, "return nn.functional.linear(hidden_states[:, 0], self.pooler.weight)")
+    old = "return nn.functional.linear(hidden_states[:, 0], pooler.weight, pooler.bias).tanh_()"
+    changed = copy_with_change(tmp_path, old, "return nn.functional.linear(hidden_states[:, 0], pooler.weight)")
     assert check_copies.check_file(changed) == []
 
 

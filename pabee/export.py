@@ -1,0 +1,225 @@
+"""Export a trained PABEE model to ONNX Runtime, with early exit, as a folder that runs without torch.
+
+    python -m pabee.export --model output/demo --output output/demo-onnx
+    python -m pabee.export --model output/demo --output output/demo-onnx-int8 --int8
+    python output/demo-onnx/pabee_onnx.py "a gripping, funny film"          # onnxruntime, numpy, tokenizers only
+    python -m pabee.classify --model output/demo-onnx "a gripping, funny film"
+
+The folder holds `embeddings.onnx`, one graph per layer (`layer_01.onnx`, ...: the layer and its internal
+classifier, returning the layer's hidden states and logits), the exit settings and labels (`pabee_onnx.json`), the
+tokenizer (`tokenizer.json` and the files `save_pretrained` writes) and the runner, `pabee_onnx.py`, which applies
+the exit rules to each layer's logits in numpy and drops the examples that answered from the batch. `--int8`
+quantizes every graph's matrix products to int8 with onnxruntime's dynamic quantization (int8 weights, activations
+quantized at each call).
+"""
+
+import argparse
+import copy
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+
+import torch
+from torch import nn
+
+from .classify import EXPORTED_SETTINGS_FILE as SETTINGS_FILE
+from .classify import InputError, load_model
+from .models import max_model_length, model_family
+
+RUNNER_FILE = "pabee_onnx.py"
+OPSET = 17
+
+
+class Embeddings(nn.Module):
+    """The input of layer 1 from token ids (and token types, for a model that has several)."""
+
+    def __init__(self, model, takes_token_types):
+        super().__init__()
+        self.backbone = model.base_model
+        self.takes_token_types = takes_token_types
+
+    def forward(self, input_ids, token_type_ids=None):
+        return self.backbone.embed(input_ids, token_type_ids if self.takes_token_types else None)
+
+
+class LayerWithClassifier(nn.Module):
+    """Layer `index` (0-based) and its internal classifier: (hidden states, logits) from the previous hidden states."""
+
+    def __init__(self, model, index):
+        super().__init__()
+        self.model = model
+        self.index = index
+
+    def forward(self, hidden_states, attention_mask):
+        backbone = self.model.base_model
+        layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
+        hidden_states = backbone.run_layer(self.index, hidden_states, layer_attention_mask)
+        pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
+        return hidden_states, self.model._classify(self.index, hidden_states, pooling_weights)
+
+
+def takes_token_types(model):
+    """Whether the model has token types to be given (BERT, ALBERT, ELECTRA; not RoBERTa's one, nor DistilBERT)."""
+    return model_family(model.config.model_type) != "distilbert" and getattr(model.config, "type_vocab_size", 0) > 1
+
+
+def export_graphs(model, folder):
+    """Write embeddings.onnx and layer_NN.onnx for `model` (float32, evaluation mode) into `folder`; their names."""
+    # A batch of two, one padded, so that the traced graphs keep the attention mask.
+    input_ids = torch.full((2, 8), 5, dtype=torch.long)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    token_types = takes_token_types(model)
+    dynamic = {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values taken as constants (checked by tests)
+        embeddings_inputs = (input_ids, torch.zeros_like(input_ids)) if token_types else (input_ids,)
+        names = ["input_ids", "token_type_ids"] if token_types else ["input_ids"]
+        torch.onnx.export(Embeddings(model, token_types), embeddings_inputs, os.path.join(folder, "embeddings.onnx"),
+                          input_names=names, output_names=["hidden_states"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={**{name: dynamic for name in names}, "hidden_states": dynamic})
+        with torch.no_grad():
+            hidden_states = model.base_model.embed(input_ids, embeddings_inputs[1] if token_types else None)
+        layers = []
+        for index in range(model.config.num_hidden_layers):
+            name = f"layer_{index + 1:02d}.onnx"
+            torch.onnx.export(LayerWithClassifier(model, index), (hidden_states, attention_mask),
+                              os.path.join(folder, name), input_names=["hidden_states", "attention_mask"],
+                              output_names=["hidden_states_out", "logits"], opset_version=OPSET, dynamo=False,
+                              dynamic_axes={"hidden_states": dynamic, "attention_mask": dynamic,
+                                            "hidden_states_out": dynamic, "logits": {0: "batch"}})
+            layers.append(name)
+    return "embeddings.onnx", layers
+
+
+def quantize_graphs(folder, names):
+    """
+    Replace each graph by its int8 dynamic quantization (onnxruntime.quantization): the matrix products with weights,
+    as torch's `quantize_dynamic` quantizes the linear layers (the embedding tables stay float32). `reduce_range`
+    keeps the int8 products from saturating: without it the tiny test models' logits were off by up to 40% of their
+    size, with it by about 1%, as with torch's int8. Per-channel weight scales make up for the bit it costs: on the
+    demo model, full-depth dev accuracy 82.6% against 81.4% with one scale per matrix (fp32: 83.7%).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)  # its advice to pre-process the graphs first, once per graph
+    try:
+        for name in names:
+            path = os.path.join(folder, name)
+            quantized = os.path.join(folder, f"int8-{name}")
+            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                             op_types_to_quantize=["MatMul"])
+            os.replace(quantized, path)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def export_model(model_path, output, int8=False, overwrite=False):
+    """
+    Export the trained PABEE model in folder `model_path` to folder `output` (see the module docstring). Raises a
+    `ValueError` (one line) for a folder that is not a PABEE model, an exported folder, or a non-empty `output`
+    without `overwrite`. The folder is written under a temporary name and renamed when complete.
+    """
+    if os.path.isfile(os.path.join(model_path, SETTINGS_FILE)):
+        raise ValueError(f"{model_path} is an exported ONNX folder already: export the torch model folder it was "
+                         "exported from")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"--output {output} is a file, not a folder")
+    if os.path.isdir(output) and os.listdir(output) and not overwrite:
+        raise ValueError(f"--output {output} is not empty: pass --overwrite to replace what it holds")
+    if os.path.abspath(output) == os.path.abspath(model_path):
+        raise ValueError("--output must be another folder than --model")
+    try:
+        model, tokenizer = load_model(model_path)
+    except InputError as error:
+        raise ValueError(str(error)) from None
+    if not tokenizer.is_fast:
+        raise ValueError(f"the tokenizer in {model_path} has no tokenizer.json (a fast tokenizer), which the runner "
+                         "reads with the tokenizers library")
+    model = model.cpu().float().eval()
+    config = model.config
+
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output))}.partial-", dir=parent)
+    try:
+        embeddings, layers = export_graphs(model, partial)
+        if int8:
+            quantize_graphs(partial, [embeddings] + layers)
+        tokenizer.save_pretrained(partial)
+        config = copy.deepcopy(config)
+        config._auto_class = None  # no auto_map: the folder holds no modeling code to trust
+        if hasattr(config, "auto_map"):
+            del config.auto_map
+        config.save_pretrained(partial)  # the labels and settings, for python -m pabee.classify
+        settings = {
+            "format": "pabee-onnx",
+            "family": model_family(config.model_type),
+            "precision": "int8" if int8 else "fp32",
+            "embeddings": embeddings,
+            "layers": layers,
+            "num_labels": config.num_labels,
+            "id2label": {str(key): value for key, value in (config.id2label or {}).items()
+                         if value != f"LABEL_{key}"},
+            "finetuning_task": getattr(config, "finetuning_task", None),
+            "patience": config.patience,
+            "exit_confidence": config.exit_confidence,
+            "regression_threshold": config.regression_threshold,
+            "exit_criterion": config.exit_criterion,
+            "exit_threshold": config.exit_threshold,
+            "max_exit_layer": getattr(config, "max_exit_layer", None),  # a depth cap, where the model has one
+            "exit_pooling": config.exit_pooling,
+            "max_length": max_model_length(config),
+            "pad_token_id": tokenizer.pad_token_id,
+            "pad_token": tokenizer.pad_token,
+            "source": os.path.abspath(model_path),
+        }
+        with open(os.path.join(partial, SETTINGS_FILE), "w", encoding="utf-8") as file:
+            json.dump(settings, file, indent=2)
+            file.write("\n")
+        shutil.copyfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "onnx_runner.py"),
+                        os.path.join(partial, RUNNER_FILE))
+        os.chmod(partial, 0o755)
+        if os.path.isdir(output):
+            shutil.rmtree(output)
+        os.replace(partial, output)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return output
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pabee.export", description=__doc__.split("\n\n")[0])
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, without the usage
+    parser.add_argument("--model", required=True,
+                        help="Folder of a trained PABEE model, as run_glue_with_pabee.py saves it (e.g. output/demo).")
+    parser.add_argument("--output", required=True,
+                        help="Folder to write the ONNX graphs, settings, tokenizer and runner into (e.g. "
+                             "output/demo-onnx).")
+    parser.add_argument("--int8", action="store_true",
+                        help="Quantize the graphs to int8 (onnxruntime dynamic quantization): about twice as fast on "
+                             "a CPU, at a small cost in accuracy.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace what a non-empty --output holds.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if not os.path.isdir(args.model):
+            raise ValueError(f"--model {args.model}: no such folder")
+        output = export_model(args.model, args.output, int8=args.int8, overwrite=args.overwrite)
+    except ValueError as error:
+        print(f"python -m pabee.export: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"Exported {args.model} ({'int8' if args.int8 else 'fp32'}) to {output}: run it with "
+          f"python {os.path.join(output, RUNNER_FILE)} \"a text\" or python -m pabee.classify --model {output}")
+
+
+if __name__ == "__main__":
+    main()

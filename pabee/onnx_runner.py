@@ -237,7 +237,8 @@ def format_answers(settings, texts, texts_b, logits, exit_layers):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def make_parser():
+    """The command line of this runner (`python pabee_onnx.py --help`)."""
     parser = argparse.ArgumentParser(description="Classify texts with the exported PABEE model beside this file.")
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
     parser.add_argument("texts", nargs="*", help="Texts to classify (a pair: two texts joined by a tab). Default: the "
@@ -249,6 +250,11 @@ def main(argv=None):
     parser.add_argument("--exit_confidence", type=float, help="Confidence gate on the patience counter (0: plain "
                                                               "PABEE). Default: the saved one.")
     parser.add_argument("--batch_size", type=int, default=32, help="Inputs run together (same answers at any size).")
+    return parser
+
+
+def main(argv=None):
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.patience is not None and args.patience < 0:
         parser.error(f"--patience must be >= 0, got {args.patience}")

@@ -78,6 +78,8 @@ def check_command(argv):
             module.main(["--help"])
         assert exit_info.value.code == 0
         return None
+    if argv[0] == "python" and len(argv) > 1 and argv[1].endswith("/pabee_onnx.py"):  # an exported folder's runner
+        return load_script(REPO_ROOT / "pabee" / "onnx_runner.py").make_parser().parse_args(argv[2:])
     if argv[:2] == ["python", "-m"] and argv[2].startswith("pabee."):
         return importlib.import_module(argv[2]).parse_args(argv[3:])
     if argv[:3] == ["python", "-m", "pytest"]:

@@ -142,6 +142,9 @@ def export_model(model_path, output, int8=False, overwrite=False):
                          "reads with the tokenizers library")
     model = model.cpu().float().eval()
     config = model.config
+    if getattr(config, "slowdown_guard", None) is not None:
+        raise ValueError(f"the model in {model_path} saves a slowdown_guard, which the exported runner does not run: "
+                         "set config.slowdown_guard = None (a max_exit_layer cap alone is exported) and save it again")
 
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)

@@ -10,6 +10,7 @@ logits, and the exported folder is run in a process where torch cannot be import
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -328,3 +329,19 @@ def test_overwrite_replaces_the_folder(model_folder, tmp_path):
     export.export_model(model_folder, str(output), overwrite=True)
     assert not (output / "old.txt").exists() and (output / SETTINGS_FILE).exists()
     assert not [name for name in os.listdir(tmp_path) if "partial" in name]
+
+
+def test_the_slowdown_guard_is_refused_where_the_runner_has_none(model_folder, exported_folder, tmp_path, capsys):
+    guarded = tmp_path / "guarded"
+    shutil.copytree(str(model_folder), guarded)
+    config = json.loads((guarded / "config.json").read_text())
+    (guarded / "config.json").write_text(json.dumps({**config, "slowdown_guard": 0.5}))
+    code, error = run_failing(capsys, export, "--model", guarded, "--output", tmp_path / "out")
+    assert code == 2 and "slowdown_guard" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+    with pytest.raises(SystemExit) as exit_info:
+        classify.main(["--model", exported_folder, "--slowdown_guard", "0.5", "a good film"])
+    message = str(exit_info.value.code)
+    assert "--slowdown_guard" in message and len(message.splitlines()) == 1
+    capsys.readouterr()

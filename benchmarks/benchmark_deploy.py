@@ -1,11 +1,14 @@
 """Early exit where it is deployed: torch fp32, torch int8, ONNX Runtime fp32 and ONNX Runtime int8 on a CPU.
 
-    python benchmarks/benchmark_deploy.py --model /work/artifacts/demo --plain_model /work/artifacts/plain \
-        --data_dir /work/artifacts/data/SST-2 --output benchmarks/results/deploy.json
+ONNX Runtime int8 comes twice: the export's default, one activation scale per token (answers independent of the
+batch), and onnxruntime's dynamic quantization, one scale per batch ("onnx int8 per batch").
+
+    python benchmarks/benchmark_deploy.py --model output/demo-all --plain_model output/plain \
+        --data_dir data/SST-2 --output benchmarks/results/deploy.json
     python benchmarks/benchmark_deploy.py ... --no_timing --output benchmarks/results/deploy_answers.json
 
-The model is exported to ONNX (fp32 and int8, with `pabee.export`, into a temporary folder) and quantized for torch
-(`pabee.quantization`). Two sections:
+The model is exported to ONNX (fp32 and both int8, with `pabee.export`, into a temporary folder) and quantized for
+torch (`pabee.quantization`). Two sections:
 
 1. answers (no timing): each engine at every exit setting of the demo's sweep (patience 0 to 5, plain and gated at
    0.75), on the whole dev set at batch 32: accuracy, mean exit layer, exit histogram, and agreement with torch fp32
@@ -15,7 +18,7 @@ The model is exported to ONNX (fp32 and int8, with `pabee.export`, into a tempor
    settings, the first --max_examples reviews one at a time against the same reviews in batches of 32.
 2. timing, at batch 32 (the whole dev set) and batch 1 (the first --max_examples reviews): each engine at full
    depth and at the timed exit settings (--timed_settings), plus the plain fine-tuned model (--plain_model) at full
-   depth on the four engines. Everything is warmed first, then timed in --rounds interleaved rounds (the order
+   depth on every engine. Everything is warmed first, then timed in --rounds interleaved rounds (the order
    rotates every round), one pass over the examples per timing; the median is reported, with every raw time. Tokens
    are made before timing. onnxruntime's intra-op spinning is off, as in the exported runner.
 
@@ -47,7 +50,8 @@ from pabee.modeling_pabee_bert import simulate_exit_layers  # noqa: E402
 from pabee.onnx_runner import PabeeOnnxModel  # noqa: E402
 from pabee.quantization import quantize_int8  # noqa: E402
 
-ENGINES = ("torch fp32", "torch int8", "onnx fp32", "onnx int8")
+# "onnx int8" is the export's default (a scale per token); "onnx int8 per batch" is onnxruntime's dynamic quantization
+ENGINES = ("torch fp32", "torch int8", "onnx fp32", "onnx int8", "onnx int8 per batch")
 # The demo's sweep: patience 0 to 5, plain and gated at 0.75 (demo.sh)
 DEMO_SETTINGS = [(patience, 0.0) for patience in range(6)] + [(patience, 0.75) for patience in range(1, 6)]
 TIMED_SETTINGS = "0,1@0.75,2,3"
@@ -102,17 +106,21 @@ class Engine:
 
 
 def make_engines(model_path, work_dir, threads, torchao=False):
-    """The four engines of the model in `model_path` (ONNX folders exported into `work_dir`)."""
+    """The engines (ENGINES) of the model in `model_path` (ONNX folders exported into `work_dir`)."""
     model, tokenizer = load_model(model_path)
     model = model.cpu().eval()
     name = os.path.basename(os.path.normpath(model_path))
     onnx_fp32 = export_model(model_path, os.path.join(work_dir, f"{name}-onnx"), overwrite=True)
     onnx_int8 = export_model(model_path, os.path.join(work_dir, f"{name}-onnx-int8"), int8=True, overwrite=True)
+    onnx_int8_per_batch = export_model(model_path, os.path.join(work_dir, f"{name}-onnx-int8-per-batch"), int8=True,
+                                       overwrite=True, int8_activations="per_batch")
     engines = {
         "torch fp32": Engine("torch fp32", model=model),
         "torch int8": Engine("torch int8", model=quantize_int8(model)),
         "onnx fp32": Engine("onnx fp32", runner=PabeeOnnxModel(onnx_fp32, threads=threads)),
         "onnx int8": Engine("onnx int8", runner=PabeeOnnxModel(onnx_int8, threads=threads)),
+        "onnx int8 per batch": Engine("onnx int8 per batch", runner=PabeeOnnxModel(onnx_int8_per_batch,
+                                                                                  threads=threads)),
     }
     if torchao:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -211,6 +219,7 @@ def answers_section(engines, batches_32, alone_batches, labels, num_layers, time
                     "reviews": count,
                     "exit_layer_agreement": float((alone_exits == exit_layers[:count]).mean()),
                     "prediction_agreement": float((alone_logits.argmax(-1) == logits[:count].argmax(-1)).mean()),
+                    "max_logit_difference": float(np.abs(alone_logits - logits[:count]).max()),
                 }
             results.append(entry)
     every_layer_difference = {name: float(np.abs(layers - reference_layers).max())
@@ -279,7 +288,7 @@ def parse_args(argv=None):
     parser.add_argument("--model", required=True, help="Folder of the trained PABEE model (the demo's).")
     parser.add_argument("--plain_model", default=None,
                         help="Folder of the plain fine-tuned model (--layer_loss_weights last), timed at full depth "
-                             "on the four engines. Default: none.")
+                             "on every engine. Default: none.")
     parser.add_argument("--data_dir", required=True, help="SST-2 folder holding dev.tsv.")
     parser.add_argument("--output", required=True, help="JSON file for the raw figures.")
     parser.add_argument("--max_seq_length", type=int, default=64, help="Token limit per review (the demo's: 64).")

@@ -19,8 +19,10 @@ Batches: the activation range is taken over the whole tensor a linear layer rece
 slightly on the other examples (and the padding) of its batch. Exit rules still act per example, but unlike the
 float32 model, whose batched answers equal its one-at-a-time answers to rounding, the int8 model's agree only to the
 int8 rounding (a few percent of the logits' size), and an example whose layers are near a tie can exit at another
-layer in another batch. Run one input at a time where reproducible answers matter. torchao's per-token activation
-scales would remove this, at the speed above.
+layer in another batch. torch has no fast CPU kernel for per-token activation scales, which would remove this
+(torchao's runs at the speed above), so where batched answers must equal one-at-a-time answers in int8, export the
+model to ONNX Runtime (`python -m pabee.export --int8`), whose int8 graphs scale each token alone
+(pabee/onnx_int8.py), or run one input at a time.
 """
 
 import copy

@@ -15,6 +15,9 @@ from transformers import BertTokenizerFast
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_deploy.py"
 
+# Engines whose answers do not depend on the rest of the batch (int8 on ONNX scales each token alone)
+BATCH_INDEPENDENT = ("torch fp32", "onnx fp32", "onnx int8")
+
 
 def load_benchmark():
     spec = importlib.util.spec_from_file_location("benchmark_deploy", SCRIPT)  # benchmarks/ is not a package
@@ -58,10 +61,15 @@ def test_quick_run_writes_answers_and_interleaved_timings(tmp_path):
             assert entry["max_logit_difference_from_torch_fp32_where_exits_agree"] < 1e-4
     assert results["answers"]["max_every_layer_logit_difference_from_torch_fp32"]["onnx fp32"] < 1e-4
     assert {entry["batch_1_vs_batch_32"]["reviews"] for entry in answers if "batch_1_vs_batch_32" in entry} == {6}
+    for entry in answers:
+        if entry["engine"] in BATCH_INDEPENDENT and "batch_1_vs_batch_32" in entry:
+            assert entry["batch_1_vs_batch_32"]["exit_layer_agreement"] == 1.0, entry
+            assert entry["batch_1_vs_batch_32"]["max_logit_difference"] < 1e-5, entry
 
     timing = results["timing"]
     timed = {(entry["model"], entry["engine"], entry["batch_size"], entry["setting"]) for entry in timing}
-    assert len(timed) == len(timing) == 2 * 4 * 4 + 2 * 4  # the model at 4 settings, the plain model at full depth
+    engines = len(benchmark.ENGINES)
+    assert len(timed) == len(timing) == 2 * engines * 4 + 2 * engines  # the model at 4 settings, plain at full depth
     for entry in timing:
         assert len(entry["seconds_raw"]) == 2 and entry["seconds_median"] > 0
         assert entry["examples"] == (results["dev_examples"] if entry["batch_size"] == 32 else 6)
@@ -81,6 +89,6 @@ def test_answers_from_one_pass_agree_with_real_runs(tmp_path):
     checked = [entry for entry in entries if "real_run" in entry]
     assert {entry["setting"] for entry in checked} == {"patience 1, confidence >= 0.75"}
     for entry in checked:
-        if entry["engine"].endswith("fp32"):  # fp32 answers do not depend on the batch: real runs are the one pass's
+        if entry["engine"] in BATCH_INDEPENDENT:  # answers that do not depend on the batch: the one pass's
             assert entry["real_run"]["exit_layer_agreement_with_one_pass"] == 1.0
             assert entry["real_run"]["exit_histogram"] == entry["exit_histogram"]

@@ -35,6 +35,7 @@ from transformers import BertTokenizerFast
 from pabee import classify, export
 from pabee.classify import EXPORTED_SETTINGS_FILE
 from pabee.modeling_pabee_bert import simulate_exit_layers
+from pabee.onnx_int8 import ACTIVATION_SCHEMES
 from pabee.onnx_runner import SETTINGS_FILE, PabeeOnnxModel, exit_layers_from_logits
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -272,22 +273,65 @@ def test_exported_folder_runs_where_torch_cannot_be_imported(model_folder, expor
 # int8 and errors
 
 
-def test_int8_export_answers_close_to_fp32_and_the_same_batched_as_alone(model_folder, exported_folder, tmp_path,
-                                                                         capsys):
-    int8_folder = export.export_model(model_folder, str(tmp_path / "int8"), int8=True)
-    fp32, int8 = PabeeOnnxModel(exported_folder, threads=1), PabeeOnnxModel(int8_folder, threads=1)
-    assert int8.settings["precision"] == "int8"
-    assert os.path.getsize(os.path.join(int8_folder, "layer_01.onnx")) < os.path.getsize(
-        os.path.join(exported_folder, "layer_01.onnx"))
+def test_int8_export_answers_close_to_fp32(model_folder, exported_folder, tmp_path, capsys):
+    fp32 = PabeeOnnxModel(exported_folder, threads=1)
     encodings = fp32.load_tokenizer().encode_batch(TEXTS)
     ids, mask = np.array([e.ids for e in encodings]), np.array([e.attention_mask for e in encodings])
     _, _, expected = fp32(ids, mask, all_layers=True)
-    _, _, got = int8(ids, mask, all_layers=True)
-    # int8 weights and activations: every layer's logits within 5% of the largest fp32 logit
-    np.testing.assert_allclose(got, expected, rtol=0, atol=0.05 * np.abs(expected).max())
-    assert not np.array_equal(got, expected)
-    lines = run_classify(capsys, "--model", int8_folder, "--int8", *TEXTS)
-    assert [line.split("\t")[-1] for line in lines[1:]] == TEXTS
+    for activations in ACTIVATION_SCHEMES:
+        int8_folder = export.export_model(model_folder, str(tmp_path / activations), int8=True,
+                                          int8_activations=activations)
+        int8 = PabeeOnnxModel(int8_folder, threads=1)
+        assert (int8.settings["precision"], int8.settings["int8_activations"]) == ("int8", activations)
+        assert os.path.getsize(os.path.join(int8_folder, "layer_01.onnx")) < os.path.getsize(
+            os.path.join(exported_folder, "layer_01.onnx"))
+        _, _, got = int8(ids, mask, all_layers=True)
+        # int8 weights and activations: every layer's logits within 5% of the largest fp32 logit
+        np.testing.assert_allclose(got, expected, rtol=0, atol=0.05 * np.abs(expected).max(), err_msg=activations)
+        assert not np.array_equal(got, expected)
+        lines = run_classify(capsys, "--model", int8_folder, "--int8", *TEXTS)
+        assert [line.split("\t")[-1] for line in lines[1:]] == TEXTS
+
+
+@pytest.mark.parametrize("variant, exit_pooling, task", EXPORTED)
+@torch.no_grad()
+def test_per_token_int8_answers_batched_equal_alone(exported, variant, exit_pooling, task, tmp_path):
+    """The int8 export's default scales each token alone, so neither the batch nor its padding moves an answer."""
+    model, fp32 = exported(variant, exit_pooling, task)
+    int8 = PabeeOnnxModel(export.export_model(fp32.settings["source"], str(tmp_path / "int8"), int8=True),
+                          threads=1)
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
+    inputs = numpy_inputs(input_ids, attention_mask, token_type_ids)
+    _, _, every_layer = int8(*inputs, all_layers=True)
+    _, _, fp32_every_layer = fp32(*inputs, all_layers=True)
+    assert not np.allclose(every_layer, fp32_every_layer, rtol=0, atol=1e-4)  # the int8 graphs run, not fp32's
+    for settings in exit_settings(model, task):
+        logits, exit_layers = int8(*inputs, **settings)
+        for b in range(len(LENGTHS)):
+            alone = {name: None if value is None else value.numpy()
+                     for name, value in example_inputs(input_ids, attention_mask, token_type_ids, b).items()}
+            alone_logits, alone_exit = int8(alone["input_ids"], np.ones_like(alone["input_ids"]),
+                                            alone["token_type_ids"], **settings)
+            assert int(alone_exit[0]) == int(exit_layers[b]), (settings, b)
+            np.testing.assert_allclose(alone_logits[0], logits[b], rtol=0, atol=1e-5)
+
+
+def test_per_batch_int8_answers_move_with_the_batch(exported, tmp_path):
+    """Why per_token is the default: one scale per batch lets a large input change a small one's answer."""
+    model, fp32 = exported("bert", "pooler", "classification")
+    answers = {}
+    for activations in ACTIVATION_SCHEMES:
+        runner = PabeeOnnxModel(export.export_model(fp32.settings["source"], str(tmp_path / activations), int8=True,
+                                                    int8_activations=activations), threads=1)
+        input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
+        inputs = numpy_inputs(input_ids, attention_mask, token_type_ids)
+        _, _, batched = runner(*inputs, all_layers=True)
+        alone = example_inputs(input_ids, attention_mask, token_type_ids, 0)
+        types = alone["token_type_ids"]
+        _, _, first_alone = runner(alone["input_ids"].numpy(), np.ones_like(alone["input_ids"].numpy()),
+                                   None if types is None else types.numpy(), all_layers=True)
+        answers[activations] = np.abs(batched[0] - first_alone[0]).max()
+    assert answers["per_token"] < 1e-5 < answers["per_batch"]
 
 
 def run_failing(capsys, module, *argv):
@@ -314,6 +358,11 @@ def test_one_line_errors(model_folder, exported_folder, tmp_path, capsys):
 
     code, error = run_failing(capsys, export, "--model", exported_folder, "--output", tmp_path / "again")
     assert code == 2 and "exported" in error and len(error.strip().splitlines()) == 1
+
+    code, error = run_failing(capsys, export, "--model", model_folder, "--output", tmp_path / "fp32",
+                              "--int8_activations", "per_batch")
+    assert code == 2 and "--int8" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "fp32").exists()
 
     with pytest.raises(SystemExit) as exit_info:
         classify.main(["--model", exported_folder, "--int8", "a good film"])

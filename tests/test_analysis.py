@@ -23,14 +23,6 @@ from pabee.glue import get_task, read_glue_split
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """`trained(task)`: (data folder, output folder of a short training run) for sst-2 or mnli, made once."""

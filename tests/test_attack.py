@@ -38,14 +38,6 @@ REVIEWS = ["the actor was superb and lovely", "a good film", "bad bad plot , but
            "a weak story about the plot", "great"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Edits
 

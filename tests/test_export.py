@@ -52,14 +52,6 @@ TEXTS = ["a good film", "bad bad plot", "the actor was superb and lovely", "dull
          "boring", "great", "an awful movie about the plot"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def save_model(model, folder):
     tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(VOCAB)}, do_lower_case=True)
     model.save_pretrained(folder)

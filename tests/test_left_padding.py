@@ -7,7 +7,7 @@ example run alone, in every family, for both exit poolings, classification and r
 import pytest
 import torch
 
-from test_modeling import NUM_LABELS, make_batch, make_model, one_cpu_thread  # noqa: F401 (fixture)
+from test_modeling import NUM_LABELS, make_batch, make_model
 
 FAMILY_VARIANTS = ["bert", "albert", "roberta", "xlm_roberta", "distilbert", "electra"]
 LENGTHS = [12, 3, 7, 1, 9, 5]

@@ -102,15 +102,6 @@ LENGTHS = [12, 3, 7, 1, 9, 5, 11, 2]
 REGRESSION_THRESHOLDS = [0.1, 0.4]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """The models are tiny: extra threads only add overhead, and stall badly when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_config(variant, num_labels, **extra):
     family, variant_extra = VARIANTS[variant]
     kwargs = {**COMMON, **variant_extra, **extra, "num_labels": num_labels}

@@ -20,14 +20,6 @@ NUM_LABELS = {"classification": 3, "regression": 1}
 TOLERANCE, SMALLEST_TOLERANCE = 0.1, 0.05
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_close_to(got, expected, reference):
     tolerance = max(TOLERANCE * float(reference.abs().max()), SMALLEST_TOLERANCE)
     torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)

@@ -55,15 +55,6 @@ STSB_THRESHOLD = 0.01  # not the default (and giving other exits), to see that i
 # Fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    """One CPU thread (intra-op threads only slow a hidden-32 model down); offline mode is tests/conftest.py's."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")

@@ -23,7 +23,7 @@ import run_glue_with_pabee
 from fixtures_glue import NUM_TRAIN, VOCAB, WORDS, changes, run_main, snapshot, write_test_split
 from pabee import BertForSequenceClassificationWithPabee
 from pabee.glue import get_task, read_glue_split
-from test_run_glue import base_args, copy_task, eval_args, glue, models, read_runs, single_threaded  # noqa: F401
+from test_run_glue import base_args, copy_task, eval_args, glue, models, read_runs  # noqa: F401
 
 LEARNING_RATE = 1e-3
 BATCH_SIZE = 8  # base_args' --per_gpu_train_batch_size: NUM_TRAIN (40) examples are 5 batches an epoch

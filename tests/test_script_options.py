@@ -21,7 +21,6 @@ from test_run_glue import (  # noqa: F401 (fixtures)
     glue,
     models,
     read_runs,
-    single_threaded,
 )
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pabee import BertForSequenceClassificationWithPabee
 from pabee.calibration import CALIBRATION_FILE, hold_out
 from pabee.evaluation import ExitSetting
 from pabee.glue import get_task, read_glue_split
-from test_run_glue import models, read_runs, single_threaded  # noqa: F401 (fixtures)
+from test_run_glue import models, read_runs  # noqa: F401 (fixtures)
 
 NUM_TRAIN = 120
 TEXTS = ["good film", "a dull and boring movie", "the story was lovely", "weak ending", "the cast"]

@@ -58,18 +58,15 @@ TEXTS = ["a good film", "bad bad plot", "the actor was superb and lovely", "dull
 @pytest.fixture(autouse=True, scope="module")
 def private_modules_cache(tmp_path_factory):
     """
-    One CPU thread, and remote code copied into a temporary folder rather than the user's
+    Remote code copied into a temporary folder rather than the user's
     ~/.cache/huggingface/modules (transformers reads HF_MODULES_CACHE when imported, hence the patched module value).
     """
     modules_cache = str(tmp_path_factory.mktemp("hf_modules"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_MODULES_CACHE", modules_cache)
         patch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE", modules_cache)
         patch.setattr(sys, "path", list(sys.path))  # transformers appends the modules cache to it
         yield modules_cache
-    torch.set_num_threads(threads)
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -25,14 +25,6 @@ from test_share_model import TEXTS, trained_folder  # noqa: F401 (a fixture)
 from pabee.modeling_pabee_bert import guard_flag_layers, uncertainty_scores
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def exit_rules(model):
     """(name, forward keyword arguments) of every exit criterion, at settings that spread exits on the test batch."""
     return [

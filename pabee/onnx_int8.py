@@ -80,6 +80,7 @@ def quantize_per_token(path):
     all_but_last = (constant("int8/start", np.array([0], np.int64)), constant("int8/end", np.array([-1], np.int64)))
 
     nodes = []
+    quantized_inputs = {}  # input name -> (codes, scale, leading dims): the query, key and value share theirs
     for index, node in enumerate(graph.node):
         if node.op_type != "MatMul" or node.input[1] not in weights:
             nodes.append(node)
@@ -95,17 +96,22 @@ def quantize_per_token(path):
                                           **attributes))
             return output
 
-        rows = add("Reshape", [values, constant(name + "rows_shape", np.array([-1, inner], np.int64))], name + "rows")
-        largest = add("ReduceMax", [add("Abs", [rows], name + "magnitude")], name + "largest", axes=[1], keepdims=0)
-        scale = add("Max", [add("Div", [largest, levels], name + "raw_scale"), smallest_scale], name + "scale")
-        zero_points = add("Expand", [zero_point, add("Shape", [scale], name + "tokens")], name + "zero_points")
-        codes = add("QuantizeLinear", [rows, scale, zero_points], name + "codes", axis=0)
+        if values not in quantized_inputs:
+            rows = add("Reshape", [values, constant(name + "rows_shape", np.array([-1, inner], np.int64))],
+                       name + "rows")
+            largest = add("ReduceMax", [add("Abs", [rows], name + "magnitude")], name + "largest", axes=[1],
+                          keepdims=0)
+            scale = add("Max", [add("Div", [largest, levels], name + "raw_scale"), smallest_scale], name + "scale")
+            zero_points = add("Expand", [zero_point, add("Shape", [scale], name + "tokens")], name + "zero_points")
+            codes = add("QuantizeLinear", [rows, scale, zero_points], name + "codes", axis=0)
+            leading = add("Slice", [add("Shape", [values], name + "input_shape"), *all_but_last], name + "leading")
+            quantized_inputs[values] = codes, scale, leading
+        codes, scale, leading = quantized_inputs[values]
         products = add("MatMulInteger", [codes, constant(name + "weight", quantized_weight), zero_point],
                        name + "products")
         scaled = add("DequantizeLinear", [products, scale], name + "scaled", axis=0)
         result = add("Mul", [scaled, constant(name + "weight_scale", weight_scale.astype(np.float32))],
                      name + "result")
-        leading = add("Slice", [add("Shape", [values], name + "input_shape"), *all_but_last], name + "leading")
         shape = add("Concat", [leading, constant(name + "outer", np.array([outer], np.int64))], name + "shape",
                     axis=0)
         nodes.append(helper.make_node("Reshape", [result, shape], [node.output[0]], name=name + "output"))

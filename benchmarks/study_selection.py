@@ -37,8 +37,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import run_glue_with_pabee  # noqa: E402
 from pabee import demo_data  # noqa: E402
 from pabee.calibration import CALIBRATION_FILE  # noqa: E402
-from pabee.evaluation import oracle_exit_layers, predict  # noqa: E402
-from pabee.features import convert_examples_to_features  # noqa: E402
+from pabee.evaluation import oracle_exit_layers, predict, saved_run_loader  # noqa: E402
 from pabee.glue import get_task, load_example_file, read_glue_split  # noqa: E402
 from pabee.selection import (  # noqa: E402
     FULL_DEPTH,
@@ -133,19 +132,8 @@ def train(args, seed):
 def every_layer(model_dir, examples, description):
     """Every classifier's logits (and the labels) on `examples`, from one pass through every layer."""
     from accelerate import Accelerator
-    from torch.utils.data import DataLoader
-    from transformers import AutoTokenizer, DataCollatorWithPadding
 
-    from pabee import BertForSequenceClassificationWithPabee
-
-    task = get_task("sst-2")
-    model = BertForSequenceClassificationWithPabee.from_pretrained(model_dir).eval()
-    # With the config given, AutoTokenizer does not ask (on a terminal) whether to run the folder's modeling code.
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, config=model.config)
-    with open(model_dir / "training_args.json") as file:
-        max_seq_length = json.load(file)["max_seq_length"]
-    features = convert_examples_to_features(examples, task, tokenizer, max_seq_length)
-    loader = DataLoader(features, batch_size=64, collate_fn=DataCollatorWithPadding(tokenizer))
+    model, loader = saved_run_loader(model_dir, examples, get_task("sst-2"), batch_size=64)
     return predict(model, loader, Accelerator(cpu=True), FULL_DEPTH.model_kwargs(REGRESSION_THRESHOLD), description,
                    all_layers=True)
 

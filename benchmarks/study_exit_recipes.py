@@ -46,7 +46,14 @@ sys.path.insert(0, str(REPO_ROOT))
 import run_glue_with_pabee  # noqa: E402
 from pabee import demo_data  # noqa: E402
 from pabee.calibration import CALIBRATION_FILE  # noqa: E402
-from pabee.evaluation import answers, oracle_settings, predict, saved_run_loader, simulate  # noqa: E402
+from pabee.evaluation import (  # noqa: E402
+    answers,
+    oracle_settings,
+    predict,
+    saved_run_every_layer,
+    saved_run_loader,
+    simulate,
+)
 from pabee.glue import get_task, load_example_file, read_glue_split  # noqa: E402
 from pabee.selection import (  # noqa: E402
     FULL_DEPTH,
@@ -174,15 +181,6 @@ def train(args, epochs, recipe, seed):
     return output_dir
 
 
-def every_layer(output_dir, examples, description, batch_size=64):
-    """Every classifier's logits (and the labels) on `examples`, from one pass through every layer."""
-    from accelerate import Accelerator
-
-    model, loader = saved_run_loader(output_dir, examples, get_task("sst-2"), batch_size)
-    return predict(model, loader, Accelerator(cpu=True), FULL_DEPTH.model_kwargs(REGRESSION_THRESHOLD), description,
-                   all_layers=True)
-
-
 def time_settings(output_dir, dev_examples, settings, rounds, dev):
     """
     Real early exit with each setting on the dev set at batch WALL_BATCH_SIZE, timed against full depth in the same
@@ -236,29 +234,38 @@ def analyse_run(args, calibration, dev, seed):
                 "layer_speedup": float(num_layers / simulated.exit_layers.mean())}
 
     bounds = {setting.label: on_dev(setting) for setting in [FULL_DEPTH, *oracle_settings(task, labelled=True)]}
+    # Every candidate's outcome on dev, once: each rule's candidates are some of them, in the same order.
+    by_rule = rule_candidates(num_layers, num_labels)
+    every = by_rule[ANY_RULE]
+    exit_layers, losses = candidate_outcomes(dev.all_layer_logits, dev.labels, every, args.risk, REGRESSION_THRESHOLD)
+    early_answers = np.take_along_axis(dev.all_layer_logits.argmax(axis=-1), exit_layers.T - 1, axis=1).T
+    correct, dev_risk = early_answers == dev.labels, losses.mean(axis=1)  # (candidates, reviews), (candidates,)
+    speedup = num_layers / exit_layers.mean(axis=1)
+    position = {setting: index for index, setting in enumerate(every)}
     chosen, candidates_on_dev = {}, []
-    for rule, candidates in rule_candidates(num_layers, num_labels).items():
+    for rule, candidates in by_rule.items():
         selection = select_setting(calibration.all_layer_logits, calibration.labels, args.risk, args.delta,
                                    args.epsilon, REGRESSION_THRESHOLD, candidates=candidates, seed=seed)
-        exit_layers, losses = candidate_outcomes(dev.all_layer_logits, dev.labels, candidates, args.risk,
-                                                 REGRESSION_THRESHOLD)
-        dev_risk, speedup = losses.mean(axis=1), num_layers / exit_layers.mean(axis=1)
-        within = np.flatnonzero(dev_risk <= args.delta)
-        best = within[np.argmax(speedup[within])] if len(within) else None
-        setting = selection.setting
+        indices = [position[candidate] for candidate in candidates]
+        within = [index for index in indices if dev_risk[index] <= args.delta]
+        best = max(within, key=lambda index: speedup[index]) if within else None  # the first of equals
+        if selection.certified:
+            index = position[selection.setting]
+            on_dev_chosen = {"dev_risk": float(dev_risk[index]), "correct": correct[index],
+                             "layer_speedup": float(speedup[index])}
+        else:
+            on_dev_chosen = {"dev_risk": 0.0, **bounds[FULL_DEPTH.label]}
         chosen[rule] = {
-            "setting": setting.label, "certified": selection.certified,
+            "setting": selection.setting.label, "certified": selection.certified,
             "calibration_risk": selection.calibration_risk, "tested_examples": selection.tested_examples,
-            "calibration_layer_speedup": num_layers / selection.calibration_avg_exit_layer,
-            "dev_risk": 0.0 if not selection.certified else float(dev_risk[candidates.index(setting)]),
-            **on_dev(setting),
+            "calibration_layer_speedup": num_layers / selection.calibration_avg_exit_layer, **on_dev_chosen,
             "in_sample_optimum": None if best is None else {
-                "setting": candidates[best].label, "dev_risk": float(dev_risk[best]),
+                "setting": every[best].label, "dev_risk": float(dev_risk[best]),
                 "layer_speedup": float(speedup[best])},
         }
         if rule != ANY_RULE:
-            candidates_on_dev += [{"rule": rule, "setting": candidate.label, **on_dev(candidate)}
-                                  for candidate in candidates]
+            candidates_on_dev += [{"rule": rule, "setting": every[index].label, "correct": correct[index],
+                                   "layer_speedup": float(speedup[index])} for index in indices]
     layers = dev.all_layer_logits.argmax(axis=-1).T  # (layers, reviews): each classifier's answers
     per_layer = {"layer_accuracy": list(100 * (layers == dev.labels).mean(axis=1)),
                  "agreement_with_full_depth": list(100 * (layers == layers[-1]).mean(axis=1))}
@@ -480,16 +487,20 @@ def main(argv=None):
     if args.train_only:
         return None
 
+    from accelerate import Accelerator
+
+    task = get_task("sst-2")
     study = []
     for epochs in args.num_train_epochs:
         analyses, dev_passes = {}, {}
         for recipe in args.recipes:
             for seed in args.seeds:
                 output_dir = runs[epochs, recipe, seed]
-                calibration = every_layer(output_dir, load_example_file(output_dir / CALIBRATION_FILE, "calibration"),
-                                          f"{recipe} seed {seed} calibration every layer")
-                dev_passes[recipe, seed] = every_layer(
-                    output_dir, read_glue_split(data_dir(args, seed), get_task("sst-2"), "dev"),
+                calibration = saved_run_every_layer(
+                    output_dir, load_example_file(output_dir / CALIBRATION_FILE, "calibration"), task,
+                    Accelerator(cpu=True), f"{recipe} seed {seed} calibration every layer")
+                dev_passes[recipe, seed] = saved_run_every_layer(
+                    output_dir, read_glue_split(data_dir(args, seed), task, "dev"), task, Accelerator(cpu=True),
                     f"{recipe} seed {seed} dev every layer")
                 analyses[recipe, seed] = analyse_run(args, calibration, dev_passes[recipe, seed], seed)
         num_layers = dev_passes["plain", args.seeds[0]].all_layer_logits.shape[1]

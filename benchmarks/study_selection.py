@@ -37,10 +37,9 @@ sys.path.insert(0, str(REPO_ROOT))
 import run_glue_with_pabee  # noqa: E402
 from pabee import demo_data  # noqa: E402
 from pabee.calibration import CALIBRATION_FILE  # noqa: E402
-from pabee.evaluation import oracle_exit_layers, predict, saved_run_loader  # noqa: E402
+from pabee.evaluation import oracle_exit_layers, saved_run_every_layer  # noqa: E402
 from pabee.glue import get_task, load_example_file, read_glue_split  # noqa: E402
 from pabee.selection import (  # noqa: E402
-    FULL_DEPTH,
     candidate_outcomes,
     candidate_settings,
     largest_certifiable_losses,
@@ -129,27 +128,25 @@ def train(args, seed):
     return data_dir, model_dir
 
 
-def every_layer(model_dir, examples, description):
-    """Every classifier's logits (and the labels) on `examples`, from one pass through every layer."""
-    from accelerate import Accelerator
-
-    model, loader = saved_run_loader(model_dir, examples, get_task("sst-2"), batch_size=64)
-    return predict(model, loader, Accelerator(cpu=True), FULL_DEPTH.model_kwargs(REGRESSION_THRESHOLD), description,
-                   all_layers=True)
-
-
 def trained_seed(args, seed, data_dir, model_dir):
     """A model trained with this seed: its recorded calibration set, and its dev set."""
-    calibration = every_layer(model_dir, load_example_file(model_dir / CALIBRATION_FILE, "calibration"),
-                              f"seed {seed} calibration every layer")
-    dev = every_layer(model_dir, read_glue_split(data_dir, get_task("sst-2"), "dev"), f"seed {seed} dev every layer")
+    from accelerate import Accelerator
+
+    task = get_task("sst-2")
+    calibration = saved_run_every_layer(model_dir, load_example_file(model_dir / CALIBRATION_FILE, "calibration"),
+                                        task, Accelerator(cpu=True), f"seed {seed} calibration every layer")
+    dev = saved_run_every_layer(model_dir, read_glue_split(data_dir, task, "dev"), task, Accelerator(cpu=True),
+                                f"seed {seed} dev every layer")
     return calibration, dev
 
 
 def dev_splits(args):
     """(seed, calibration part, report part) of --model's dev set, split at random by each seed."""
-    model_dir = Path(args.model)
-    dev = every_layer(model_dir, read_glue_split(args.data_dir, get_task("sst-2"), "dev"), "dev every layer")
+    from accelerate import Accelerator
+
+    model_dir, task = Path(args.model), get_task("sst-2")
+    dev = saved_run_every_layer(model_dir, read_glue_split(args.data_dir, task, "dev"), task, Accelerator(cpu=True),
+                                "dev every layer")
     if args.calibration_from_dev >= len(dev.labels):
         raise SystemExit(f"error: --calibration_from_dev {args.calibration_from_dev} leaves none of the "
                          f"{len(dev.labels)} dev reviews to report on")

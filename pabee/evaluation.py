@@ -189,6 +189,13 @@ def saved_run_loader(run_dir, examples, task: GlueTask, batch_size):
     return model, DataLoader(features, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
 
 
+def saved_run_every_layer(run_dir, examples, task: GlueTask, accelerator, description, batch_size=64):
+    """Every classifier's logits (and the labels) on `examples`, from one full-depth pass of the run in `run_dir`."""
+    model, loader = saved_run_loader(run_dir, examples, task, batch_size)
+    full_depth = ExitSetting("patience", 0).model_kwargs(model.config.regression_threshold)
+    return predict(model, loader, accelerator, full_depth, description, all_layers=True)
+
+
 def simulate(full_depth: Predictions, setting: ExitSetting, regression_threshold):
     """
     The answers and exit layers that real early exit with `setting` gives, from the every-layer logits of one

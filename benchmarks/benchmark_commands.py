@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # the repository root, when run as a script
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from benchmark_deploy import cpu_model_name, parse_settings, setting_label  # noqa: E402
+from benchmark_deploy import cpu_model_name, parse_settings, setting_label, write_results  # noqa: E402
 
 from pabee.classify import label_name  # noqa: E402
 from pabee.export import RUNNER_FILE, export_model  # noqa: E402
@@ -150,18 +150,13 @@ def main(argv=None):
     for entry in results["startup"].values():
         entry["seconds_over_runner"] = entry["seconds_median"] / runner_seconds
 
-    print(f"CPU: {results['cpu_model']}, {results['cpu_count']} cores, torch capability {results['cpu_capability']}; "
-          f"setting: {results['setting']}")
+    print(f"setting: {results['setting']}")
     for name, entry in results["startup"].items():
         print(f"start-up  {name:<22} {entry['seconds_median']:7.2f} s  {entry['seconds_over_runner']:.2f}x the runner")
     for name, entry in results["dev_file"].items():
         print(f"dev file  {name:<22} {entry['seconds_median']:7.2f} s  acc {entry['accuracy']:.4f}  "
               f"{entry['speedup_over_torch_fp32']:.2f}x torch fp32 ({len(examples)} reviews)")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as file:
-        json.dump(results, file, indent=2)
-        file.write("\n")
-    print(f"Results written to {args.output}")
+    write_results(results, args.output)
     return results
 
 

@@ -380,14 +380,19 @@ def main(argv=None):
         if not args.no_timing:
             results["timing"] = timing_section(contenders, args.rounds, {32: labels, 1: labels[: len(alone_examples)]})
             print(format_table(results["timing"]))
-    # The figures depend on the CPU's instructions: int8 products are much faster with AVX-512 VNNI than with AVX2.
+    write_results(results, args.output)
+    return results
+
+
+def write_results(results, path):
+    """Print the CPU the figures come from (int8 products are much faster with AVX-512 VNNI than with AVX2) and
+    write `results` as JSON to `path`."""
     print(f"CPU: {results['cpu_model']}, {results['cpu_count']} cores, torch capability {results['cpu_capability']}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as file:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as file:
         json.dump(results, file, indent=2)
         file.write("\n")
-    print(f"Results written to {args.output}")
-    return results
+    print(f"Results written to {path}")
 
 
 if __name__ == "__main__":

@@ -11,24 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_glue import VOCAB, write_glue_task
-from test_modeling import make_model
-from transformers import BertTokenizerFast
+from test_benchmark_deploy import save_model_and_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import benchmark_commands  # noqa: E402
 
 
 def test_one_round_times_every_command_and_scores_its_labels(tmp_path, capsys):
-    folder = tmp_path / "model"
-    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(VOCAB)}, do_lower_case=True)
-    model = make_model("bert", 2, num_hidden_layers=3, exit_pooling="mean", vocab_size=len(VOCAB))
-    model.config.finetuning_task = "sst-2"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    data_dir = write_glue_task(tmp_path / "SST-2", "sst-2")
+    folder, data_dir = save_model_and_data(tmp_path)
     output = tmp_path / "commands.json"
-    argv = ["--model", str(folder), "--data_dir", data_dir, "--output", str(output), "--rounds", "1",
+    argv = ["--model", folder, "--data_dir", data_dir, "--output", str(output), "--rounds", "1",
             "--setting", "1@0.6", "--max_examples", "10"]
     benchmark_commands.main(argv)
     results = json.loads(output.read_text())

@@ -107,13 +107,13 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
-    if os.path.exists(args.output):
-        parser.error(f"--output {args.output} exists: results are kept; name another file")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if os.path.exists(args.output):  # checked here, not by the parser, so that documented commands parse after a run
+        raise SystemExit(f"error: --output {args.output} exists: results are kept; name another file")
     examples = read_glue_split(args.data_dir, get_task("sst-2"), "dev")[: args.max_examples]
     flags = setting_flags(args.setting)
     classify = [sys.executable, "-m", "pabee.classify"]

@@ -61,5 +61,9 @@ def __getattr__(name):
     return value
 
 
+def __dir__():
+    return sorted({*globals(), *__all__})
+
+
 if sys.argv[0] != "-m":
     from . import models  # noqa: F401, E402  (registers the Auto classes)

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .modeling_pabee_bert import guard_flag_layers, simulate_exit_layers, uncertainty_scores
+from .modeling_pabee import guard_flag_layers, simulate_exit_layers, uncertainty_scores
 
 EDIT_KINDS = ("swap", "delete", "insert", "substitute")
 GOALS = ("misclassification", "slowdown", "slowdown-patience")
@@ -490,7 +490,7 @@ def main(argv=None):
             raise InputError(f"the model in {args.model} is a regression model: these attacks need classes")
         texts, labels = read_texts(args, config)
         kwargs = model_kwargs_from(args, config)
-        from .modeling_pabee_bert import check_pabee_settings
+        from .modeling_pabee import check_pabee_settings
 
         try:
             check_pabee_settings(kwargs["patience"], kwargs["regression_threshold"],

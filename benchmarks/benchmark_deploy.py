@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from pabee.classify import load_model  # noqa: E402
 from pabee.export import export_model  # noqa: E402
 from pabee.glue import get_task, read_glue_split  # noqa: E402
-from pabee.modeling_pabee_bert import simulate_exit_layers  # noqa: E402
+from pabee.modeling_pabee import simulate_exit_layers  # noqa: E402
 from pabee.onnx_runner import PabeeOnnxModel  # noqa: E402
 from pabee.quantization import quantize_int8  # noqa: E402
 

@@ -33,6 +33,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,12 +48,8 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, when run as a script
-from pabee.modeling_pabee_bert import (  # noqa: E402
-    BertForSequenceClassificationWithPabee,
-    drop_padding_columns,
-    exit_predictions,
-    update_patience_counters,
-)
+from pabee.modeling_pabee import drop_padding_columns, exit_predictions, update_patience_counters  # noqa: E402
+from pabee.modeling_pabee_bert import BertForSequenceClassificationWithPabee  # noqa: E402
 
 SHAPES = {
     "bert-base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
@@ -248,18 +245,27 @@ def make_cut_model(model, exit_layer):
 
 
 def load_baseline_model_class(revision):
-    """BertForSequenceClassificationWithPabee as pabee/modeling_pabee_bert.py defines it at git commit `revision`."""
+    """
+    BertForSequenceClassificationWithPabee as git commit `revision` defines it: its pabee/modeling_pabee_bert.py, with
+    the shared pabee/modeling_pabee.py it imports where that commit has one, loaded as a package of their own.
+    """
     repo_root = Path(__file__).resolve().parents[1]
-    source = subprocess.run(["git", "show", f"{revision}:pabee/modeling_pabee_bert.py"], cwd=repo_root,
-                            capture_output=True, text=True)
-    if source.returncode != 0:
-        raise SystemExit(f"--baseline_revision {revision}: {source.stderr.strip()}")
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as file:
-        file.write(source.stdout)
-    spec = importlib.util.spec_from_file_location("baseline_modeling_pabee_bert", file.name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    os.unlink(file.name)
+    package = Path(tempfile.mkdtemp()) / "baseline_pabee"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in ("modeling_pabee_bert.py", "modeling_pabee.py"):
+        source = subprocess.run(["git", "show", f"{revision}:pabee/{name}"], cwd=repo_root, capture_output=True,
+                                text=True)
+        if source.returncode == 0:
+            (package / name).write_text(source.stdout)
+        elif name == "modeling_pabee_bert.py":
+            raise SystemExit(f"--baseline_revision {revision}: {source.stderr.strip()}")
+    sys.path.insert(0, str(package.parent))
+    try:
+        module = importlib.import_module("baseline_pabee.modeling_pabee_bert")
+    finally:
+        sys.path.remove(str(package.parent))
+    shutil.rmtree(package.parent)
     return module.BertForSequenceClassificationWithPabee
 
 
@@ -393,14 +399,14 @@ def bench_exit_cost(model, args, device):
         begin = clock()
         hidden_states = backbone.embed(input_ids)
         hidden_states, mask = drop_padding_columns(hidden_states, attention_mask)
-        layer_attention_mask = backbone.layer_attention_mask(hidden_states, mask)
+        layer_inputs = backbone.layer_inputs(hidden_states, mask)
         pooling_weights = backbone.pooling_weights(hidden_states, mask)
         counters = torch.zeros(1, dtype=torch.long, device=device)
         previous_predictions = None
         seconds["embeddings"] = clock() - begin
         for index in range(num_layers):
             start = clock()
-            hidden_states = backbone.run_layer(index, hidden_states, layer_attention_mask)
+            hidden_states = backbone.run_layer(index, hidden_states, layer_inputs)
             layer_done = clock()
             logits = model._classify(index, hidden_states, pooling_weights)
             classifier_done = clock()

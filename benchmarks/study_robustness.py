@@ -38,7 +38,7 @@ from pabee.attack import AttackConfig, Victim, attack, read_outputs  # noqa: E40
 from pabee.classify import InputError, load_model  # noqa: E402
 from pabee.evaluation import ExitSetting  # noqa: E402
 from pabee.glue import get_task, read_glue_split  # noqa: E402
-from pabee.modeling_pabee_bert import uncertainty_scores  # noqa: E402
+from pabee.modeling_pabee import uncertainty_scores  # noqa: E402
 from pabee.robustness import accuracy_summary, interval, roc_auc, slowdown_summary  # noqa: E402
 
 DEMO_RULE = ExitSetting("patience", 1, 0.75)

@@ -21,12 +21,8 @@ import sys
 # Each public name, by the module that defines it
 _EXPORTS = {
     "modeling_pabee_albert": ["AlbertForSequenceClassificationWithPabee", "AlbertModelWithPabee", "PabeeAlbertConfig"],
-    "modeling_pabee_bert": [
-        "BertForSequenceClassificationWithPabee",
-        "BertModelWithPabee",
-        "PabeeBertConfig",
-        "PabeeSequenceClassifierOutput",
-    ],
+    "modeling_pabee": ["PabeeSequenceClassifierOutput"],
+    "modeling_pabee_bert": ["BertForSequenceClassificationWithPabee", "BertModelWithPabee", "PabeeBertConfig"],
     "modeling_pabee_distilbert": [
         "DistilBertForSequenceClassificationWithPabee",
         "DistilBertModelWithPabee",

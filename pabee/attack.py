@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .modeling_pabee_bert import guard_flag_layers, simulate_exit_layers, uncertainty_scores
+from .modeling_pabee import guard_flag_layers, simulate_exit_layers, uncertainty_scores
 
 EDIT_KINDS = ("swap", "delete", "insert", "substitute")
 GOALS = ("misclassification", "slowdown", "slowdown-patience")
@@ -464,8 +464,7 @@ def model_kwargs_from(args, config):
     The exit setting attacked, as the model resolves the arguments given (see `--patience`'s help): the saved rule
     where none of the rule's arguments is given. A `ValueError` says how to fix a bad or incomplete setting.
     """
-    from .modeling_pabee import exit_settings_for_call
-    from .modeling_pabee_bert import check_pabee_settings
+    from .modeling_pabee import check_pabee_settings, exit_settings_for_call
 
     kwargs = exit_settings_for_call(config, **{name: getattr(args, name) for name in ATTACKED_SETTINGS})
     check_pabee_settings(**kwargs, num_labels=config.num_labels, num_layers=config.num_hidden_layers)

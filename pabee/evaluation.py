@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .glue import GlueTask, compute_metrics
-from .modeling_pabee_bert import simulate_exit_layers
+from .modeling_pabee import simulate_exit_layers
 
 RESULTS_JSON = "eval_results.json"
 RESULTS_TABLE = "eval_results.txt"

@@ -56,8 +56,8 @@ class LayerWithClassifier(nn.Module):
 
     def forward(self, hidden_states, attention_mask):
         backbone = self.model.base_model
-        layer_attention_mask = backbone.layer_attention_mask(hidden_states, attention_mask)
-        hidden_states = backbone.run_layer(self.index, hidden_states, layer_attention_mask)
+        layer_inputs = backbone.layer_inputs(hidden_states, attention_mask)
+        hidden_states = backbone.run_layer(self.index, hidden_states, layer_inputs)
         pooling_weights = backbone.pooling_weights(hidden_states, attention_mask)
         return hidden_states, self.model._classify(self.index, hidden_states, pooling_weights)
 

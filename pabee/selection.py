@@ -39,7 +39,7 @@ import torch
 from scipy.stats import binom
 
 from .evaluation import ExitSetting
-from .modeling_pabee_bert import simulate_exit_layers
+from .modeling_pabee import simulate_exit_layers
 
 RISKS = {
     "consistency": "share of answers that differ from full depth's",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pabee.modeling_pabee_bert import patience_exit_layers
+from pabee.modeling_pabee import patience_exit_layers
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_speed.py"
 SECTIONS = ["forced_exit_batch1", "exit_cost_batch1", "against_cut_model", "batched_early_exit",

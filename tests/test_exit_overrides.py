@@ -34,6 +34,7 @@ from transformers import BertTokenizerFast
 
 from pabee import BertForSequenceClassificationWithPabee, attack, classify, export, onnx_runner
 from pabee.evaluation import ExitSetting
+from pabee.modeling_pabee import check_pabee_settings, exit_settings_for_call
 from pabee.onnx_runner import SETTINGS_FILE, PabeeOnnxModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -111,12 +112,12 @@ def table_model(trained, config):
 
 @pytest.mark.parametrize("saved, given, expected", RULE_TABLE, ids=TABLE_IDS)
 def test_the_modeling_modules_resolution_gives_the_table(saved, given, expected, trained):
-    from pabee.modeling_pabee import exit_settings_for_call
-
+    """`exit_settings_for_call` resolves the rule; `check_pabee_settings` (which forward runs next) checks values."""
     config = table_config(trained, saved)
     if isinstance(expected, list):
         with pytest.raises(ValueError) as error:
-            exit_settings_for_call(config, **given)
+            resolved = exit_settings_for_call(config, **given)
+            check_pabee_settings(**resolved, num_labels=config.num_labels, num_layers=NUM_LAYERS)
         assert all(word in str(error.value) for word in expected), error.value
     else:
         resolved = exit_settings_for_call(config, **given)

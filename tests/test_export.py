@@ -34,7 +34,7 @@ from transformers import BertTokenizerFast
 
 from pabee import classify, export
 from pabee.classify import EXPORTED_SETTINGS_FILE
-from pabee.modeling_pabee_bert import simulate_exit_layers
+from pabee.modeling_pabee import simulate_exit_layers
 from pabee.onnx_int8 import ACTIVATION_SCHEMES
 from pabee.onnx_runner import SETTINGS_FILE, PabeeOnnxModel, exit_layers_from_logits
 

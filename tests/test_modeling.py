@@ -47,11 +47,11 @@ from pabee import (
     RobertaForSequenceClassificationWithPabee,
     XLMRobertaForSequenceClassificationWithPabee,
 )
-from pabee.modeling_pabee_bert import patience_exit_layers
+from pabee.modeling_pabee import patience_exit_layers
 from pabee.models import model_family
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODELING_FILES = sorted((REPO_ROOT / "pabee").glob("modeling_pabee_*.py"))
+MODELING_FILES = sorted((REPO_ROOT / "pabee").glob("modeling_pabee*.py"))
 
 VOCAB_SIZE = 99
 COMMON = dict(
@@ -1016,20 +1016,24 @@ def test_defaults_are_written_to_the_config():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The modeling files stand alone
+# The modeling files stand alone: a family's file and the shared module, copied together, need only torch and
+# transformers
 
 
 @pytest.mark.parametrize("path", MODELING_FILES, ids=lambda p: p.name)
-def test_modeling_file_imports_only_torch_and_transformers(path):
+def test_modeling_file_imports_only_torch_transformers_and_the_shared_module(path):
     allowed = {"torch", "transformers", "contextlib", "dataclasses", "__future__", "typing", "math"}
-    imported = set()
+    imported, relative = set(), set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            relative.add(node.module)
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"relative import in {path.name}: the file must work when copied alone"
             imported.add(node.module.split(".")[0])
     assert imported and imported <= allowed, imported - allowed
+    expected_relative = set() if path.name == "modeling_pabee.py" else {"modeling_pabee"}
+    assert relative == expected_relative, f"{path.name} must import only the shared module of this package"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1347,9 +1351,11 @@ def test_bad_exit_confidence_raises(variant, gate):
     if gate is not None:  # None in the constructor means "the default"
         with pytest.raises(ValueError, match=r"exit_confidence must be a probability in \[0, 1\]"):
             make_model(variant, 3, exit_confidence=gate)
-    model.config.exit_confidence = gate
+        with pytest.raises(ValueError, match=r"exit_confidence must be a probability in \[0, 1\]"):
+            model(input_ids, attention_mask=attention_mask, patience=1, exit_confidence=gate)  # for one call
+    model.config.patience, model.config.exit_confidence = 1, gate  # saved with the model
     with pytest.raises(ValueError, match=r"exit_confidence must be a probability in \[0, 1\]") as error:
-        model(input_ids, attention_mask=attention_mask, patience=1)
+        model(input_ids, attention_mask=attention_mask)
     assert "\n" not in str(error.value)
 
 

@@ -11,7 +11,8 @@ from test_modeling import LENGTHS, ONE_PER_FAMILY, example_inputs, has_spread, m
 from test_run_glue import base_args, glue, models, read_runs  # noqa: F401 (fixtures)
 from torch import nn
 
-from pabee.modeling_pabee_bert import BertForSequenceClassificationWithPabee, simulate_exit_layers
+from pabee.modeling_pabee import simulate_exit_layers
+from pabee.modeling_pabee_bert import BertForSequenceClassificationWithPabee
 from pabee.quantization import is_quantized, quantize_int8
 
 NUM_LABELS = {"classification": 3, "regression": 1}

@@ -22,7 +22,7 @@ from test_modeling import (
 
 from test_share_model import TEXTS, trained_folder  # noqa: F401 (a fixture)
 
-from pabee.modeling_pabee_bert import guard_flag_layers, uncertainty_scores
+from pabee.modeling_pabee import guard_flag_layers, uncertainty_scores
 
 
 def exit_rules(model):

@@ -1,0 +1,335 @@
+"""`python -m pabee.serve`: a real server in a subprocess on a free loopback port, with a tiny model folder.
+
+Answers equal `pabee.classify`'s under concurrent clients; bad requests get a 4xx with a one-line reason and the
+server keeps serving; /metrics parses as Prometheus text; the stream defence engages on deep traffic and lifts when
+it stops, where its decision rule says; SIGTERM answers the requests in flight before the server exits; startup
+errors are one line.
+
+    python -m pytest tests/test_serve.py -q
+"""
+
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from fixtures_glue import FILLER, NEGATIVE, POSITIVE
+from prometheus_client.parser import text_string_to_metric_families
+from test_export import model_folder  # noqa: F401 (fixture: a tiny sentiment model whose exits spread)
+
+from pabee import export, serve
+from pabee.classify import classify, load_exported_model, load_model
+from pabee.stream_defence import DefenceSettings, derive_thresholds, run_monitor
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVED = dict(patience=1, exit_confidence=0.9)  # on the tiny model, some texts exit at layer 2 and some at 6
+SERVED_FLAGS = ["--patience", "1", "--exit_confidence", "0.9"]
+CAP, WINDOW = 3, 8
+STARTUP_SECONDS = 180  # two processes import torch and transformers; slow on a busy machine
+
+
+@pytest.fixture(scope="module")
+def texts(model_folder):
+    """Texts of the fixture's words that exit early (shallow) and at the last layer (deep) at the served setting."""
+    rng = random.Random(0)
+    words = POSITIVE + NEGATIVE + FILLER
+    candidates = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 9))) for _ in range(500)]
+    model, tokenizer = load_model(model_folder)
+    answers = classify(model, tokenizer, [(text, None) for text in candidates], **SERVED)
+    shallow = [text for text, answer in zip(candidates, answers) if answer.exit_layer <= 2]
+    deep = [text for text, answer in zip(candidates, answers) if answer.exit_layer == 6]
+    assert len(shallow) >= 60 and len(deep) >= 20, "the tiny model should spread the exits"
+    return {"shallow": shallow, "deep": deep, "model": model, "tokenizer": tokenizer}
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python -m pabee.serve` in a subprocess, on a free port."""
+
+    def __init__(self, *argv):
+        self.port = free_port()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+        self.process = subprocess.Popen([sys.executable, "-m", "pabee.serve", *argv, "--port", str(self.port),
+                                         "--threads", "1"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while self.get("/health", quiet=True) != (200, b"ok"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                raise AssertionError(f"the server did not start: {self.process.communicate()[0]}")
+            time.sleep(0.3)
+
+    def request(self, method, path, body=None, timeout=60):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path, body=body)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def get(self, path, quiet=False):
+        try:
+            return self.request("GET", path)
+        except OSError:
+            if quiet:
+                return None
+            raise
+
+    def classify(self, texts):
+        status, body = self.request("POST", "/classify", json.dumps({"texts": texts}))
+        assert status == 200, body
+        return json.loads(body)["answers"]
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        output, _ = self.process.communicate(timeout=60)
+        return self.process.returncode, output
+
+
+@pytest.fixture(scope="module")
+def server(model_folder, texts, tmp_path_factory):
+    calibration = tmp_path_factory.mktemp("calibration") / "clean.txt"
+    calibration.write_text("\n".join(texts["shallow"][:40]) + "\n")
+    server = Server("--model", model_folder, *SERVED_FLAGS, "--defence_cap", str(CAP), "--defence_window",
+                    str(WINDOW), "--defence_false_alarm_rate", "0.01", "--defence_horizon", "100",
+                    "--defence_calibration", str(calibration), "--batch_timeout", "0.05", "--max_texts", "8",
+                    "--max_text_bytes", "200")
+    yield server
+    returncode, output = server.stop()
+    assert returncode == 0, output
+
+
+def expected_answer(texts, text, capped):
+    """
+    What pabee.classify answers for `text` alone, under the defence's cap where the server applied it. Labels and
+    exit layers are exact whatever the batch; a probability moves in the last float32 bits with the padding.
+    """
+    cap = {"max_exit_layer": CAP} if capped else {}
+    answer = classify(texts["model"], texts["tokenizer"], [(text, None)], **SERVED, **cap)[0]
+    return {"label": ["negative", "positive"][answer.label_id], "label_id": answer.label_id,
+            "probability": pytest.approx(answer.value, abs=1e-6), "exit_layer": answer.exit_layer,
+            "capped": capped}
+
+
+def metric_samples(server):
+    status, body = server.get("/metrics")
+    assert status == 200
+    families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+    return families, {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                      for family in families.values() for sample in family.samples}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Answers, bad requests, metrics
+
+
+def test_answers_equal_classifys_under_concurrent_clients(server, texts):
+    rng = random.Random(1)
+    pool = texts["shallow"][:30] + texts["deep"][:10]
+    requests = [rng.sample(pool, rng.randint(1, 3)) for _ in range(48)]
+    _, before = metric_samples(server)
+    responses = [None] * len(requests)
+
+    def client(indexes):
+        for index in indexes:
+            responses[index] = server.classify(requests[index])
+
+    threads = [threading.Thread(target=client, args=(range(i, len(requests), 16),)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for request, answers in zip(requests, responses):
+        assert len(answers) == len(request)
+        for text, answer in zip(request, answers):
+            assert answer == expected_answer(texts, text, answer["capped"])
+    _, after = metric_samples(server)
+    one = ("pabee_batch_requests_bucket", (("le", "1.0"),))
+    batches = after[("pabee_batch_requests_count", ())] - before[("pabee_batch_requests_count", ())]
+    alone = after[one] - before[one]
+    assert alone < batches, "concurrent requests should have shared batches"
+
+
+BAD_REQUESTS = [
+    (b"{not json", 400, "not JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (b"{}", 400, '"texts"'),
+    (b'{"texts": []}', 400, "non-empty list"),
+    (b'{"texts": "a good film"}', 400, "non-empty list"),
+    (b'{"texts": ["a good film", 3]}', 400, "text 2 is not a string"),
+    (b'{"texts": ["a good film", "  "]}', 400, "text 2 is blank"),
+    (json.dumps({"texts": ["good"] * 9}).encode(), 413, "at most 8"),
+    (json.dumps({"texts": ["good " * 50]}).encode(), 413, "at most 200"),
+    (json.dumps({"texts": ["a good film\tdull"]}).encode(), 400, "takes single texts"),
+    (json.dumps({"texts": ["x" * 20000]}).encode(), 413, "body passed"),
+]
+
+
+@pytest.mark.parametrize("body, status, reason", BAD_REQUESTS)
+def test_a_bad_request_gets_a_4xx_with_a_one_line_reason_and_the_server_keeps_serving(
+        server, texts, body, status, reason):
+    _, before = metric_samples(server)
+    got_status, got_body = server.request("POST", "/classify", body)
+    assert got_status == status
+    detail = json.loads(got_body)["detail"]
+    assert reason in detail and "\n" not in detail
+    _, after = metric_samples(server)
+    counted = ("pabee_requests_total", (("status", str(status)),))
+    assert after[counted] - before.get(counted, 0) == 1
+    text = texts["shallow"][0]
+    assert server.classify([text]) == [expected_answer(texts, text, False)]
+
+
+def test_metrics_parse_as_prometheus_text_and_count_what_ran(server, texts):
+    families, before = metric_samples(server)
+    assert families["pabee_request_latency_seconds"].type == "histogram"
+    assert families["pabee_exit_layer"].type == "histogram"
+    assert families["pabee_stream_defence_engaged"].type == "gauge"
+    assert families["pabee_requests"].type == "counter"
+    sent = texts["shallow"][:5]
+    answers = server.classify(sent)
+    _, after = metric_samples(server)
+    assert after[("pabee_exit_layer_count", ())] - before[("pabee_exit_layer_count", ())] == len(sent)
+    assert after[("pabee_exit_layer_sum", ())] - before[("pabee_exit_layer_sum", ())] == sum(
+        answer["exit_layer"] for answer in answers)
+    assert after[("pabee_requests_total", (("status", "200"),))] - before[("pabee_requests_total",
+                                                                          (("status", "200"),))] == 1
+    assert after[("pabee_request_latency_seconds_count", ())] > before[("pabee_request_latency_seconds_count", ())]
+    info = json.loads(server.get("/info")[1])["model"]["stream_defence"]["thresholds"]
+    assert after[("pabee_stream_defence_engage_at", ())] == info["engage_at"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The stream defence
+
+
+def test_the_defence_engages_on_deep_traffic_and_lifts_when_it_stops(server, texts):
+    thresholds = json.loads(server.get("/info")[1])["model"]["stream_defence"]["thresholds"]
+    shallow, deep = texts["shallow"], texts["deep"]
+    stream = shallow[:WINDOW] + deep[:12] + shallow[WINDOW : WINDOW + 12]  # a clean window first: the cap is off
+    natural = [expected_answer(texts, text, False)["exit_layer"] for text in stream]
+    expected = run_monitor(natural, CAP, WINDOW, thresholds["engage_at"], thresholds["release_at"])
+    assert any(expected[WINDOW:]) and not expected[-1]
+    answers = [server.classify([text])[0] for text in stream]  # one at a time: the order the defence sees
+    assert [answer["capped"] for answer in answers] == expected
+    for text, answer in zip(stream, answers):
+        assert answer == expected_answer(texts, text, answer["capped"])
+    assert {answer["exit_layer"] for answer, on in zip(answers, expected) if on} <= set(range(1, CAP + 1))
+    families, _ = metric_samples(server)
+    assert families["pabee_stream_defence_engagements"].samples[0].value >= 1
+
+
+def run_main(capsys, *argv):
+    with pytest.raises(SystemExit) as stop:
+        serve.main([str(arg) for arg in argv])
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_calibrate_only_saves_the_thresholds_that_a_restart_reads(model_folder, texts, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    calibration = tmp_path / "clean.txt"
+    calibration.write_text("\n".join(texts["shallow"][:30] + texts["deep"][:10]) + "\n")
+    flags = [*SERVED_FLAGS, "--defence_cap", "3", "--defence_window", "20"]
+    serve.main(["--model", str(folder), *flags, "--defence_calibration", str(calibration), "--calibrate_only",
+                "--save_defence"])
+    assert "calibrated now on" in capsys.readouterr().err
+    record = json.loads((folder / "config.json").read_text())["stream_defence"]
+    settings = DefenceSettings(cap=3, depth=3, window=20)
+    assert record["settings"] == asdict(settings)
+    exit_layers = [expected_answer(texts, text, False)["exit_layer"] for text in calibration.read_text().split("\n")
+                   if text]
+    assert record["thresholds"] == derive_thresholds(exit_layers, settings).as_dict()
+    assert record["calibrated_on"] == "clean.txt (40 texts)"
+    # The same setting reads them back; another exit setting needs clean texts of its own.
+    startup = serve.prepare(serve.parse_args(["--model", str(folder), *flags]))
+    assert "saved in" in capsys.readouterr().err
+    assert startup.setup.thresholds.as_dict() == record["thresholds"]
+    startup = serve.prepare(serve.parse_args(["--model", str(folder), "--patience", "2"]))
+    assert startup.setup.defence is None and "stream defence off" in capsys.readouterr().err
+    code, error = run_main(capsys, "--model", folder, "--patience", "2", "--stream_defence", "on")
+    assert "needs clean exit layers" in code
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "no/such/folder"], "no such folder"),
+    (["--stream_defence", "on"], "needs clean exit layers"),
+    (["--slowdown_guard", "0.5", "--defence_window", "50"], "slowdown guard"),
+    (["--defence_cap", "6"], "caps nothing"),
+    (["--max_exit_layer", "3", "--defence_cap", "3", "--stream_defence", "on"], "adds nothing"),
+    (["--max_exit_layer", "9"], "more than the 6 layers"),
+])
+def test_startup_errors_are_one_line(model_folder, capsys, argv, message):
+    argv = argv if "--model" in argv else ["--model", model_folder, *argv]
+    code, _ = run_main(capsys, *argv)
+    assert code.startswith("error: ") and message in code and "\n" not in code
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--exit_threshold", "0.5"], "name one"),
+    (["--exit_criterion", "entropy"], "needs --exit_threshold"),
+    (["--exit_confidence", "1.5"], "in [0, 1]"),
+    (["--port", "80"], ">= 1024"),
+    (["--stream_defence", "off", "--save_defence"], "nothing to calibrate"),
+])
+def test_bad_flags_are_one_line(capsys, argv, message):
+    code, error = run_main(capsys, "--model", "x", *argv)
+    assert code == 2 and message in error and len(error.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# An exported folder, stopped with requests in flight
+
+
+def test_an_exported_folder_answers_as_classify_and_sigterm_answers_the_requests_in_flight(
+        model_folder, texts, tmp_path):
+    exported = export.export_model(model_folder, str(tmp_path / "onnx"))
+    model, tokenizer = load_exported_model(exported)
+    # A long batch wait keeps the requests in flight when the signal comes.
+    server = Server("--model", exported, *SERVED_FLAGS, "--stream_defence", "off", "--batch_timeout", "2",
+                    "--max_batch_size", "64")
+    requests = [texts["shallow"][i : i + 2] + texts["deep"][i : i + 1] for i in range(6)]
+    responses, sent = [None] * len(requests), [threading.Event() for _ in requests]
+
+    def client(index):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection.request("POST", "/classify", json.dumps({"texts": requests[index]}))
+        sent[index].set()
+        response = connection.getresponse()
+        responses[index] = (response.status, json.loads(response.read()))
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for event in sent:
+        assert event.wait(timeout=30)
+    time.sleep(0.5)  # the server has read them
+    server.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=60)
+    returncode, output = server.process.wait(timeout=60), server.process.stdout.read()
+    assert returncode == 0, output
+    assert "Traceback" not in output
+    for request, (status, body) in zip(requests, responses):
+        assert status == 200
+        expected = classify(model, tokenizer, [(text, None) for text in request], **SERVED)
+        assert [(a["label_id"], a["probability"], a["exit_layer"]) for a in body["answers"]] == [
+            (answer.label_id, pytest.approx(answer.value, abs=1e-6), answer.exit_layer) for answer in expected]
+    with pytest.raises(OSError):
+        server.request("GET", "/health", timeout=5)

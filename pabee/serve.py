@@ -62,7 +62,6 @@ from .classify import (
 )
 from .stream_defence import (
     DEFAULT_FALSE_ALARM_RATE,
-    DEFAULT_HORIZON,
     DEFAULT_WINDOW,
     DefenceSettings,
     Thresholds,
@@ -76,8 +75,7 @@ EXIT_FLAGS = ("patience", "exit_criterion", "exit_threshold", "exit_confidence",
               "regression_threshold")
 DEFENCE_KEY = "stream_defence"  # the defence's record in the model's config.json
 CLASSIFY_PATH = "/classify"
-DEFENCE_FLAGS = ("defence_cap", "defence_depth", "defence_window", "defence_false_alarm_rate", "defence_horizon",
-                 "defence_calibration")
+DEFENCE_FLAGS = ("defence_cap", "defence_depth", "defence_window", "defence_false_alarm_rate", "defence_calibration")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -525,7 +523,7 @@ def defence_settings(args, saved_record, num_layers, static_cap):
     if static_cap is not None and not args.defence_cap:
         cap = min(cap, static_cap - 1)
     values = {"cap": cap, "depth": args.defence_depth or saved.get("depth") or cap}
-    for name in ("window", "false_alarm_rate", "horizon"):
+    for name in ("window", "false_alarm_rate"):
         given = getattr(args, f"defence_{name}")
         values[name] = given if given is not None else saved.get(name, getattr(DefenceSettings, name))
     for name in ("confidence", "release_level"):
@@ -613,7 +611,7 @@ def describe_defence(settings, thresholds):
             f"{settings.window} texts ran to layer {settings.depth} or deeper, and lifts at {thresholds.release_at} "
             f"or fewer (clean: {thresholds.clean_share:.1%} of {thresholds.calibration_examples} calibration texts, "
             f"up to {thresholds.clean_share_bound:.1%} at confidence {settings.confidence:g}; false alarms: at most "
-            f"{settings.false_alarm_rate:g} per {settings.horizon} clean texts)")
+            f"{settings.false_alarm_rate:g} per clean text)")
 
 
 def exit_flags_of(args):
@@ -749,11 +747,9 @@ def parse_args(argv=None):
     defence.add_argument("--defence_window", type=int, default=None,
                          help=f"Texts in the sliding window. Default: the saved one, else {DEFAULT_WINDOW}.")
     defence.add_argument("--defence_false_alarm_rate", type=float, default=None,
-                         help="Chance that clean traffic engages the cap within --defence_horizon texts. Default: the "
-                              f"saved one, else {DEFAULT_FALSE_ALARM_RATE}.")
-    defence.add_argument("--defence_horizon", type=int, default=None,
-                         help=f"Texts the false-alarm rate is stated over. Default: the saved one, else "
-                              f"{DEFAULT_HORIZON}.")
+                         help="False alarms per clean text, at most, on average (over N clean texts, the chance of "
+                              "any is at most N times this). Default: the saved one, else "
+                              f"{DEFAULT_FALSE_ALARM_RATE:g}.")
     defence.add_argument("--defence_calibration", default=None, metavar="FILE",
                          help="Clean texts to calibrate the defence on, run with the served setting: a "
                               "calibration.jsonl as run_glue_with_pabee.py records it, or one text (or tab-separated "
@@ -766,7 +762,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     at_least = {"port": 1024, "max_batch_size": 1, "batch_size": 1, "workers": 1, "max_texts": 1,
                 "max_text_bytes": 1, "patience": 0, "max_exit_layer": 1, "threads": 1, "max_seq_length": 2,
-                "defence_cap": 1, "defence_depth": 1, "defence_window": 1, "defence_horizon": 1}
+                "defence_cap": 1, "defence_depth": 1, "defence_window": 1}
     for name, smallest in at_least.items():
         value = getattr(args, name)
         if value is not None and value < smallest:

@@ -14,20 +14,23 @@ attack stop: capping hides only how much deeper than the cap an input would have
 The thresholds. Clean inputs reach `depth` independently, each with the probability p that the calibration set
 estimates (inputs the model never trained on, run with the served exit setting). To allow for the estimate's error,
 p is replaced by its one-sided Clopper-Pearson upper bound at `confidence`. The cap engages when the count reaches
-`engage_at`: the smallest count that a window of clean inputs reaches with probability at most
-`false_alarm_rate / horizon`. The window is checked after every input, so by the union bound clean traffic engages
-the cap within `horizon` inputs with probability at most `false_alarm_rate` (with probability at least `confidence`
-over the draw of the calibration set). The cap lifts when the count is back at or below `release_at`, the level that
-clean windows stay at or below with probability at least 1 - `release_level`: the window looks clean again. The gap
-between the two keeps a weak attack that hovers near `engage_at` from switching the cap on and off at every input.
+`engage_at`: the smallest count that a window of clean inputs reaches with probability at most `false_alarm_rate`.
+The window is checked after every input, so clean traffic raises at most `false_alarm_rate` false alarms per input on
+average, and the chance of any false alarm within N clean inputs is at most N * `false_alarm_rate` (the union bound;
+1e-5: at most 5% over 5,000 inputs), with probability at least `confidence` over the draw of the calibration set. The
+cap lifts when the count is back at or below `release_at`, the level that clean windows stay at or below with
+probability at least 1 - `release_level`: the window looks clean again. The gap between the two keeps a weak attack
+that hovers near `engage_at` from switching the cap on and off at every input.
 
-What it takes to engage: an attack that sends a share a of the traffic with a share q of it reaching `depth` moves
-the count towards window * ((1 - a) p + a q); the cap engages once it passes `engage_at`, about
-(engage_at - window * p) / (a (q - p)) inputs after the attack starts. After the attack stops, the attacked inputs
-leave the window one by one: the cap lifts at most `window` inputs later, usually sooner.
+What it takes to engage: an attack that sends a share a of the traffic, with a share q of its inputs reaching
+`depth`, moves the count towards window * ((1 - a) p + a q), at a / window of the way per input; the cap engages when
+that passes `engage_at`, and never when it stays below. After the attack stops, the attacked inputs leave the window
+one by one: the cap lifts at most `window` inputs later, usually sooner. No rule that reads exit layers alone can do
+much better against a weak attack: one whose exit layers differ from clean ones by a Kullback-Leibler divergence of D
+nats per input needs about log(1 / false_alarm_rate) / D inputs to be told apart at that false-alarm rate (Lorden,
+1971), however the layers are watched.
 """
 
-import math
 from collections import deque
 from dataclasses import asdict, dataclass
 
@@ -35,8 +38,7 @@ import numpy as np
 from scipy.stats import beta, binom
 
 DEFAULT_WINDOW = 100
-DEFAULT_FALSE_ALARM_RATE = 0.01
-DEFAULT_HORIZON = 10_000
+DEFAULT_FALSE_ALARM_RATE = 1e-5  # per clean input
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RELEASE_LEVEL = 0.05
 
@@ -54,8 +56,7 @@ class DefenceSettings:
     cap: int  # the depth cap applied while engaged
     depth: int  # the statistic counts inputs that ran to at least this layer; <= cap
     window: int = DEFAULT_WINDOW  # inputs in the sliding window
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE  # chance that clean traffic engages the cap within `horizon`
-    horizon: int = DEFAULT_HORIZON  # inputs
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE  # false alarms per clean input, at most, on average
     confidence: float = DEFAULT_CONFIDENCE  # of the upper bound on the clean share
     release_level: float = DEFAULT_RELEASE_LEVEL  # the cap lifts below the clean windows' 1 - release_level quantile
 
@@ -71,8 +72,6 @@ class DefenceSettings:
             raise ValueError(f"the defence's window must hold at least 1 input, got {self.window}")
         if not 0 < self.false_alarm_rate < 1:  # NaN fails too
             raise ValueError(f"the defence's false-alarm rate must be in (0, 1), got {self.false_alarm_rate}")
-        if self.horizon < 1:
-            raise ValueError(f"the defence's horizon must be at least 1 input, got {self.horizon}")
         if not 0 < self.confidence < 1:
             raise ValueError(f"the defence's confidence must be in (0, 1), got {self.confidence}")
         if not 0 < self.release_level < 1:
@@ -88,7 +87,7 @@ class Thresholds:
     clean_share: float  # of calibration inputs that ran to `depth`
     clean_share_bound: float  # its upper confidence bound, which the levels assume
     calibration_examples: int
-    false_alarm_bound: float  # P(a clean window reaches engage_at) * horizon: at most the false-alarm rate
+    false_alarm_bound: float  # P(a clean window reaches engage_at): at most the false-alarm rate
 
     def as_dict(self):
         return asdict(self)
@@ -117,21 +116,19 @@ def derive_thresholds(clean_exit_layers, settings):
     reached = reaches_depth(clean_exit_layers, settings.depth)
     total, hits = len(reached), int(reached.sum())
     bound = share_upper_bound(hits, total, settings.confidence)
-    per_check = settings.false_alarm_rate / settings.horizon
     counts = np.arange(settings.window + 1)
     at_least = binom.sf(counts - 1, settings.window, bound)  # P(count >= k) for k = 0..window, non-increasing
-    rare = np.flatnonzero(at_least <= per_check)
+    rare = np.flatnonzero(at_least <= settings.false_alarm_rate)
     if len(rare) == 0:
         raise ValueError(
             f"no count in a window of {settings.window} inputs is rare enough on clean traffic ({hits} of {total} "
-            f"calibration inputs, up to {bound:.1%}, run to layer {settings.depth}; the false-alarm rate "
-            f"{settings.false_alarm_rate:g} per {settings.horizon} inputs needs a chance of at most {per_check:.2g} "
-            "per window): lengthen the window, raise the depth or the false-alarm rate")
+            f"calibration inputs, up to {bound:.1%}, run to layer {settings.depth}; the false-alarm rate needs a "
+            f"chance of at most {settings.false_alarm_rate:g} per window): lengthen the window, raise the depth or "
+            "the false-alarm rate")
     engage_at = int(rare[0])
     release_at = int(binom.ppf(1 - settings.release_level, settings.window, bound))
     release_at = min(release_at, engage_at - 1)
-    return Thresholds(engage_at, release_at, hits / total, bound, total,
-                      float(at_least[engage_at] * settings.horizon))
+    return Thresholds(engage_at, release_at, hits / total, bound, total, float(at_least[engage_at]))
 
 
 def next_engaged(engaged, count, engage_at, release_at):
@@ -177,15 +174,3 @@ def run_monitor(exit_layers, depth, window, engage_at, release_at):
         states.append(monitor.engaged)
         monitor.observe(exit_layer)
     return states
-
-
-def expected_delay(thresholds, window, attacked_share):
-    """
-    Inputs from an attack's start until the count is expected to reach `engage_at`, when a share `attacked_share` of
-    the inputs reaches the watched depth (the rest as clean, at the clean share); inf when it never would.
-    """
-    rate = attacked_share - thresholds.clean_share
-    needed = thresholds.engage_at - window * thresholds.clean_share
-    if window * attacked_share < thresholds.engage_at or rate <= 0:
-        return math.inf
-    return max(0.0, needed / rate)

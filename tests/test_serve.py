@@ -107,7 +107,7 @@ def server(model_folder, texts, tmp_path_factory):
     calibration = tmp_path_factory.mktemp("calibration") / "clean.txt"
     calibration.write_text("\n".join(texts["shallow"][:40]) + "\n")
     server = Server("--model", model_folder, *SERVED_FLAGS, "--defence_cap", str(CAP), "--defence_window",
-                    str(WINDOW), "--defence_false_alarm_rate", "0.01", "--defence_horizon", "100",
+                    str(WINDOW), "--defence_false_alarm_rate", "1e-4",
                     "--defence_calibration", str(calibration), "--batch_timeout", "0.05", "--max_texts", "8",
                     "--max_text_bytes", "200")
     yield server

@@ -90,16 +90,15 @@ def binomial_at_least(count, window, share):
 
 def test_thresholds_are_the_binomial_levels_of_the_bound():
     exit_layers = [SHALLOW] * 150 + [DEEP] * 50  # a quarter run deep
-    settings = DefenceSettings(cap=4, depth=4, window=30, false_alarm_rate=0.05, horizon=1000)
+    settings = DefenceSettings(cap=4, depth=4, window=30, false_alarm_rate=5e-5)
     thresholds = derive_thresholds(exit_layers, settings)
     bound = share_upper_bound(50, 200, settings.confidence)
     assert thresholds.clean_share == 0.25 and thresholds.clean_share_bound == pytest.approx(bound)
-    per_check = settings.false_alarm_rate / settings.horizon
     k = thresholds.engage_at
-    assert binomial_at_least(k, 30, bound) <= per_check < binomial_at_least(k - 1, 30, bound)
+    assert binomial_at_least(k, 30, bound) <= settings.false_alarm_rate < binomial_at_least(k - 1, 30, bound)
     r = thresholds.release_at
     assert binomial_at_least(r + 1, 30, bound) <= settings.release_level < binomial_at_least(r, 30, bound)
-    assert thresholds.false_alarm_bound == pytest.approx(binomial_at_least(k, 30, bound) * settings.horizon)
+    assert thresholds.false_alarm_bound == pytest.approx(binomial_at_least(k, 30, bound))
     assert thresholds.false_alarm_bound <= settings.false_alarm_rate
 
 
@@ -115,19 +114,20 @@ def ever_engaged(stream, settings, thresholds):
 def test_clean_streams_set_off_false_alarms_no_more_often_than_stated():
     rng = np.random.default_rng(0)
     calibration = rng.choice([SHALLOW, DEEP], size=500, p=[0.7, 0.3])
-    settings = DefenceSettings(cap=4, depth=4, window=25, false_alarm_rate=0.2, horizon=300)
+    settings = DefenceSettings(cap=4, depth=4, window=25, false_alarm_rate=2e-4)
+    horizon = 1000  # clean inputs: any false alarm in them has a chance of at most 0.2
     thresholds = derive_thresholds(calibration, settings)
     worst = thresholds.clean_share_bound  # the clean share the guarantee covers, at its upper bound
-    alarms = sum(ever_engaged(np.where(rng.random(settings.horizon) < worst, DEEP, SHALLOW), settings, thresholds)
-                 for _ in range(300))
-    assert alarms / 300 <= settings.false_alarm_rate
+    alarms = sum(ever_engaged(np.where(rng.random(horizon) < worst, DEEP, SHALLOW), settings, thresholds)
+                 for _ in range(200))
+    assert alarms / 200 <= horizon * settings.false_alarm_rate
     # An attack that sends every input deep engages the cap within one window.
     attack = np.full(settings.window, DEEP)
     assert ever_engaged(np.concatenate([calibration[:100], attack]), settings, thresholds)
 
 
 def test_a_window_too_short_for_the_false_alarm_rate_is_refused():
-    settings = DefenceSettings(cap=4, depth=4, window=3, false_alarm_rate=0.01, horizon=10_000)
+    settings = DefenceSettings(cap=4, depth=4, window=3, false_alarm_rate=1e-6)
     with pytest.raises(ValueError, match="lengthen the window"):
         derive_thresholds([SHALLOW] * 50 + [DEEP] * 50, settings)
 
@@ -138,6 +138,7 @@ def test_a_window_too_short_for_the_false_alarm_rate_is_refused():
     (dict(cap=3, depth=4), "depth must be a layer from 1 to the cap"),
     (dict(cap=4, depth=4, window=0), "window"),
     (dict(cap=4, depth=4, false_alarm_rate=1.0), "false-alarm rate"),
+    (dict(cap=4, depth=4, confidence=0), "confidence"),
 ])
 def test_settings_out_of_range_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):

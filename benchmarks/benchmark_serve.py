@@ -333,7 +333,8 @@ def run_streams(args, port, num_layers, reviews, gold, clean_ids, attack_ids, ad
                                  [undefended_exit["clean"][i] for i in order], num_layers)
         figures["false_alarms"] = figures.pop("engagements")
         streams.append({"stream": f"clean {repeat + 1}", **figures,
-                        "raw": [dict(review=i, **record["answer"]) for i, record in zip(order, records)]})
+                        "raw": [dict(review=i, gold=gold[i], **record["answer"])
+                                for i, record in zip(order, records)]})
         print(f"  clean stream {repeat + 1}: {figures['false_alarms']} false alarms", flush=True)
     clean_pool = [reviews[i] for i in clean_ids]
     for share in args.attack_shares:
@@ -346,8 +347,8 @@ def run_streams(args, port, num_layers, reviews, gold, clean_ids, attack_ids, ad
         start = args.stream_prefix
         figures = stream_figures(records, kinds, labels, undefended, num_layers, (start, start + args.attack_length))
         streams.append({"stream": f"{share:.0%} attack", "attack_share": share, **figures,
-                        "raw": [dict(kind=kind, source=i, **record["answer"])
-                                for kind, i, record in zip(kinds, picks, records)]})
+                        "raw": [dict(kind=kind, source=i, gold=label, **record["answer"])
+                                for kind, i, label, record in zip(kinds, picks, labels, records)]})
         print(f"  {share:.0%} attack: engaged after {figures['engaged_after']}, released after "
               f"{figures['released_after']}", flush=True)
     return streams

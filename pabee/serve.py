@@ -117,7 +117,10 @@ def parse_classify_request(body, limits, config):
     for number, text in enumerate(texts, start=1):
         if not isinstance(text, str):
             raise RequestError(400, f"text {number} is not a string ({type(text).__name__})")
-        size = len(text.encode("utf-8", errors="surrogatepass"))
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate (JSON's \ud800), which the tokenizer cannot take
+            raise RequestError(400, f"text {number} is not valid Unicode (it holds a lone surrogate)")
         if size > limits.max_text_bytes:
             raise RequestError(413, f"text {number} has {size} bytes (UTF-8); at most {limits.max_text_bytes}")
         if not text.strip():
@@ -561,9 +564,9 @@ def prepare_defence(args, model, tokenizer, saved_config, precision):
         getattr(args, name) is not None for name in DEFENCE_FLAGS)
     if exit_flags.get("slowdown_guard", saved_config.get("slowdown_guard")) is not None:
         if asked:
-            raise InputError("the stream defence caps every input while it is on, and the slowdown guard only the "
-                             "ones it flags: serve with one of them (--stream_defence off, or --slowdown_guard 1 to "
-                             "lift the guard)")
+            raise InputError("the stream defence caps every input while it is on, but under the slowdown guard "
+                             "the cap holds only the inputs the guard flags: serve with --stream_defence off, or "
+                             "without the guard (save the model with config.slowdown_guard = None)")
         return None, "stream defence off: the model holds inputs to its cap with its slowdown guard"
     saved_record = saved_config.get(DEFENCE_KEY)
     static_cap = exit_flags.get("max_exit_layer", saved_config.get("max_exit_layer"))

@@ -9,6 +9,7 @@ errors are one line.
 """
 
 import http.client
+import importlib.util
 import json
 import os
 import random
@@ -21,7 +22,9 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from fixtures_glue import FILLER, NEGATIVE, POSITIVE
 from prometheus_client.parser import text_string_to_metric_families
@@ -177,6 +180,7 @@ BAD_REQUESTS = [
     (json.dumps({"texts": ["good"] * 9}).encode(), 413, "at most 8"),
     (json.dumps({"texts": ["good " * 50]}).encode(), 413, "at most 200"),
     (json.dumps({"texts": ["a good film\tdull"]}).encode(), 400, "takes single texts"),
+    (b'{"texts": ["a good film \\ud800"]}', 400, "lone surrogate"),
     (json.dumps({"texts": ["x" * 20000]}).encode(), 413, "body passed"),
 ]
 
@@ -333,3 +337,47 @@ def test_an_exported_folder_answers_as_classify_and_sigterm_answers_the_requests
             (answer.label_id, pytest.approx(answer.value, abs=1e-6), answer.exit_layer) for answer in expected]
     with pytest.raises(OSError):
         server.request("GET", "/health", timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# benchmarks/benchmark_serve.py: what it counts in a stream
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_serve", REPO_ROOT / "benchmarks" / "benchmark_serve.py")
+    module = importlib.util.module_from_spec(spec)  # benchmarks/ is not a package
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_counts_when_the_cap_engaged_and_lifted():
+    benchmark = load_benchmark()
+    capped = [False, False, False, True, True, True, True, False, False, False]
+    exits = [2, 3, 6, 4, 4, 4, 3, 2, 6, 1]
+    kinds = ["clean", "clean", "attack", "attack", "attack", "attack", "clean", "clean", "clean", "clean"]
+    labels = [1, 0, 1, 1, 0, 0, 1, 1, 0, 1]
+    answered = [1, 0, 0, 1, 0, 1, 1, 0, 0, 1]
+    records = [{"answer": {"capped": c, "exit_layer": e, "label_id": a}} for c, e, a in zip(capped, exits, answered)]
+    undefended = [2, 3, 6, 6, 5, 6, 3, 2, 6, 1]
+    figures = benchmark.stream_figures(records, kinds, labels, undefended, 6, attack_span=(2, 6))
+    assert figures["engaged_after"] == 1  # the attack's second request was the first capped
+    assert figures["released_after"] == 1  # and the second after it, the first uncapped
+    assert figures["engagements"] == 1 and figures["capped_requests"] == 4
+    assert figures["clean_accuracy"] == 5 / 6
+    assert figures["layer_speedup"] == 6 / np.mean(exits)
+    assert figures["attack_phase_layer_speedup"] == 6 / 4.5
+    assert figures["attack_phase_layer_speedup_undefended"] == 6 / np.mean(undefended[2:6])
+    never = [{"answer": dict(record["answer"], capped=False)} for record in records]
+    figures = benchmark.stream_figures(never, kinds, labels, undefended, 6, attack_span=(2, 6))
+    assert figures["engaged_after"] is None and figures["released_after"] is None
+
+
+def test_an_attacked_stream_holds_its_share_of_adversarial_texts_between_clean_ones():
+    benchmark = load_benchmark()
+    args = SimpleNamespace(stream_prefix=5, attack_length=20, stream_suffix=7)
+    clean, adversarial = [f"clean {i}" for i in range(30)], [f"attack {i}" for i in range(10)]
+    texts, kinds, picks = benchmark.attacked_stream(args, 0.25, clean, adversarial, random.Random(0))
+    assert len(texts) == len(kinds) == len(picks) == 32
+    assert kinds[:5] == ["clean"] * 5 and kinds[25:] == ["clean"] * 7 and kinds[5:25].count("attack") == 5
+    for text, kind, pick in zip(texts, kinds, picks):
+        assert text == (clean if kind == "clean" else adversarial)[pick]

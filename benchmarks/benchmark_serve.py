@@ -114,8 +114,6 @@ def parse_args(argv=None):
                  "query_budget"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
-    if os.path.exists(args.output) and not args.overwrite:
-        parser.error(f"{args.output} exists: give another --output, or --overwrite to replace it")
     return args
 
 
@@ -304,6 +302,23 @@ def stream_figures(records, kinds, labels, undefended_exits, num_layers, attack_
     return figures
 
 
+def detection_bound(clean_exits, attack_exits, share, false_alarm_rate, num_layers):
+    """
+    The Kullback-Leibler divergence (nats per request) of a stream's exit layers, a share `share` of them attacked,
+    from clean ones, and the requests any rule reading exit layers needs to tell them apart at `false_alarm_rate`:
+    about ln(1 / false_alarm_rate) / divergence (Lorden, 1971). Counts get half a request added (no empty layer).
+    """
+    def distribution(exits):
+        counts = np.bincount(exits, minlength=num_layers + 1)[1:] + 0.5
+        return counts / counts.sum()
+
+    clean = distribution(clean_exits)
+    mixed = (1 - share) * clean + share * distribution(attack_exits)
+    divergence = float(np.sum(mixed * np.log(mixed / clean)))
+    needed = np.log(1 / false_alarm_rate) / divergence if divergence > 0 else float("inf")
+    return {"divergence_nats_per_request": divergence, "requests_needed": float(needed)}
+
+
 def attacked_stream(args, share, clean_pool, adversarial, rng):
     """(texts, kinds, indexes into their pools) of one attacked stream: clean prefix, attack phase, clean suffix."""
     attack_count = round(share * args.attack_length)
@@ -319,7 +334,8 @@ def attacked_stream(args, share, clean_pool, adversarial, rng):
     return texts, kinds, picks
 
 
-def run_streams(args, port, num_layers, reviews, gold, clean_ids, attack_ids, adversarial, undefended_exit):
+def run_streams(args, port, num_layers, reviews, gold, clean_ids, attack_ids, adversarial, undefended_exit,
+                false_alarm_rate):
     """
     The clean streams and the attacked ones, on the server at `port`; `undefended_exit` holds the exit layers offline
     classify gives without the cap, per dev review ("clean") and per adversarial text ("attack").
@@ -346,6 +362,8 @@ def run_streams(args, port, num_layers, reviews, gold, clean_ids, attack_ids, ad
                       for kind, i in zip(kinds, picks)]
         start = args.stream_prefix
         figures = stream_figures(records, kinds, labels, undefended, num_layers, (start, start + args.attack_length))
+        figures["detection_bound"] = detection_bound(undefended_exit["clean"], undefended_exit["attack"], share,
+                                                     false_alarm_rate, num_layers)
         streams.append({"stream": f"{share:.0%} attack", "attack_share": share, **figures,
                         "raw": [dict(kind=kind, source=i, gold=label, **record["answer"])
                                 for kind, i, label, record in zip(kinds, picks, labels, records)]})
@@ -370,15 +388,19 @@ def format_table(results):
         f"{name} {value:.1f} examples/s" for name, value in results["offline_examples_per_second"].items()))
     lines += ["", "Streams (layer speed-up = layers / average exit layer; undefended: the same texts without the cap)",
               f"{'stream':<14}{'speed-up':>9}{'undef.':>8}{'attack phase':>13}{'undef.':>8}{'clean acc':>10}"
-              f"{'undef. acc':>11}{'engaged':>9}{'released':>9}{'alarms':>7}"]
+              f"{'undef. acc':>11}{'engaged':>9}{'released':>9}{'alarms':>7}{'bound':>7}"]
     for stream in results["streams"]:
         phase = [stream.get(f"attack_phase_layer_speedup{kind}") for kind in ("", "_undefended")]
         phase = ["-" if value is None else f"{value:.2f}x" for value in phase]
+        bound = f"{stream['detection_bound']['requests_needed']:.0f}" if "detection_bound" in stream else "-"
         lines.append(
             f"{stream['stream']:<14}{stream['layer_speedup']:>8.2f}x{stream['layer_speedup_undefended']:>7.2f}x"
             f"{phase[0]:>13}{phase[1]:>8}{stream['clean_accuracy']:>10.3f}{stream['clean_accuracy_undefended']:>11.3f}"
             f"{str(stream.get('engaged_after', '-')):>9}{str(stream.get('released_after', '-')):>9}"
-            f"{stream.get('false_alarms', stream.get('false_alarms_before_attack')):>7}")
+            f"{stream.get('false_alarms', stream.get('false_alarms_before_attack')):>7}"
+            f"{bound:>7}")
+    lines.append("engaged / released: requests from the attack's start / end to the first capped / uncapped answer; "
+                 "bound: requests any rule reading exit layers needs to engage at the defence's false-alarm rate")
     return "\n".join(lines)
 
 
@@ -393,6 +415,8 @@ def main(argv=None):
 
 
 def run(args):
+    if os.path.exists(args.output) and not args.overwrite:
+        raise BenchmarkError(f"{args.output} exists: give another --output, or --overwrite to replace it")
     task = get_task("sst-2")
     dev = read_glue_split(args.data_dir, task, "dev")
     reviews, gold = [example.text_a for example in dev], [task.label_to_id(example.label) for example in dev]
@@ -442,12 +466,13 @@ def run(args):
             results["servers"][name] = {"command": server.command, "info": server.info()}
             results["throughput"][name] = throughput(server.port, cycled, args)
             if name == "early exit":
-                if results["servers"][name]["info"]["stream_defence"] is None:
+                defence = results["servers"][name]["info"]["stream_defence"]
+                if defence is None:
                     raise BenchmarkError(f"the server of {args.model} runs without a stream defence (no "
                                          "calibration.jsonl or saved calibration): pass --serve_flags "
                                          "'--defence_calibration FILE'")
                 results["streams"] = run_streams(args, server.port, num_layers, reviews, gold, clean_ids, attack_ids,
-                                                 adversarial, exit_layers)
+                                                 adversarial, exit_layers, defence["settings"]["false_alarm_rate"])
         finally:
             server.stop()
     add_undefended_accuracy(results["streams"], gold, clean_ids, answers["clean"])

@@ -730,7 +730,7 @@ def parse_args(argv=None):
     serving.add_argument("--max_seq_length", type=int, default=None,
                          help="Longer inputs are truncated to this many tokens. Default: the model's maximum.")
     serving.add_argument("--request_timeout", type=float, default=30,
-                         help="Seconds a request may wait for a worker before it gets a 504.")
+                         help="Seconds a request may wait for a worker before it gets a 504 (0: no limit).")
     serving.add_argument("--drain_timeout", type=float, default=30,
                          help="On SIGTERM or Ctrl+C, seconds given to the requests in flight to finish.")
     serving.add_argument("--log_level", default="warning", choices=("debug", "info", "warning", "error"),
@@ -780,6 +780,9 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value is not None and not value >= 0:
             parser.error(f"--{name} must be >= 0, got {value}")
+    if args.request_timeout and args.batch_timeout >= args.request_timeout:
+        parser.error(f"--batch_timeout {args.batch_timeout:g} must be shorter than --request_timeout "
+                     f"{args.request_timeout:g}")
     if args.defence_false_alarm_rate is not None and not 0 < args.defence_false_alarm_rate < 1:
         parser.error(f"--defence_false_alarm_rate must be in (0, 1), got {args.defence_false_alarm_rate}")
     if args.exit_criterion in ("entropy", "confidence") and args.exit_threshold is None:

@@ -290,6 +290,7 @@ def test_startup_errors_are_one_line(model_folder, capsys, argv, message):
     (["--exit_criterion", "entropy"], "needs --exit_threshold"),
     (["--exit_confidence", "1.5"], "in [0, 1]"),
     (["--port", "80"], ">= 1024"),
+    (["--batch_timeout", "40"], "shorter than --request_timeout"),
     (["--stream_defence", "off", "--save_defence"], "nothing to calibrate"),
 ])
 def test_bad_flags_are_one_line(capsys, argv, message):
@@ -381,3 +382,15 @@ def test_an_attacked_stream_holds_its_share_of_adversarial_texts_between_clean_o
     assert kinds[:5] == ["clean"] * 5 and kinds[25:] == ["clean"] * 7 and kinds[5:25].count("attack") == 5
     for text, kind, pick in zip(texts, kinds, picks):
         assert text == (clean if kind == "clean" else adversarial)[pick]
+
+
+def test_the_detection_bound_grows_as_the_attack_thins_out():
+    benchmark = load_benchmark()
+    clean, attacked = [1, 1, 2, 3, 6] * 20, [5, 6, 6, 6] * 25
+    same = benchmark.detection_bound(clean, clean, 0.5, 1e-5, 6)
+    assert same["divergence_nats_per_request"] == pytest.approx(0, abs=1e-12)
+    bounds = [benchmark.detection_bound(clean, attacked, share, 1e-5, 6) for share in (0.25, 0.5, 1.0)]
+    divergences = [bound["divergence_nats_per_request"] for bound in bounds]
+    assert 0 < divergences[0] < divergences[1] < divergences[2]
+    for bound in bounds:
+        assert bound["requests_needed"] == pytest.approx(np.log(1e5) / bound["divergence_nats_per_request"])

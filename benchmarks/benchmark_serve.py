@@ -39,6 +39,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,7 +83,9 @@ def parse_args(argv=None):
     parser.add_argument("--concurrency", default="1,8,32", help="Comma-separated numbers of concurrent clients.")
     parser.add_argument("--seconds", type=float, default=30, help="Longest time of one throughput run.")
     parser.add_argument("--max_requests", type=int, default=2000, help="Most requests of one throughput run.")
-    parser.add_argument("--warmup_requests", type=int, default=64, help="Requests sent before each timed run.")
+    parser.add_argument("--warmup_requests", type=int, default=200,
+                        help="Requests sent before each timed run, at its concurrency (a fresh worker is slow on the "
+                             "first batches of each shape).")
     parser.add_argument("--stream_concurrency", type=int, default=8, help="Concurrent clients sending a stream.")
     parser.add_argument("--clean_repeats", type=int, default=5, help="Passes of the clean stream over the dev set.")
     parser.add_argument("--attack_shares", default="0.25,0.5,1.0",
@@ -475,6 +478,7 @@ def run(args):
                                                  adversarial, exit_layers, defence["settings"]["false_alarm_rate"])
         finally:
             server.stop()
+    shutil.rmtree(logs)  # kept only when a server fails, for its error
     add_undefended_accuracy(results["streams"], gold, clean_ids, answers["clean"])
 
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,15 @@ the model's config to pick the tokenizer, no longer asks whether to run the fold
 transformers loads the folder's own copy of the modeling file with `trust_remote_code=True` and refuses the folder
 without it.
 
-`python -m pabee.<command>` runs this file first, while Python locates the command (sys.argv[0] is then "-m"). There
-it imports nothing: each command imports what it needs, so that `python -m pabee.classify` on an exported folder
+`python -m pabee.<command>` runs this file first, while Python locates the command (sys.argv[0] is then "-m"), and so
+does each worker process the command starts with multiprocessing's "spawn" (sys.argv[0] is then the command's file
+in this package). There it imports nothing: each command imports what it needs, so that `python -m pabee.classify` on an exported folder
 starts without torch or transformers, and the commands that load a torch model register the classes through
 pabee.models. The classes below are then imported on first use.
 """
 
 import importlib
+import os
 import sys
 
 # Each public name, by the module that defines it
@@ -61,5 +63,11 @@ def __dir__():
     return sorted({*globals(), *__all__})
 
 
-if sys.argv[0] != "-m":
+def _running_a_command():
+    """Whether this process runs one of this package's commands (`python -m pabee.<command>`, or a worker of one)."""
+    main = sys.argv[0] if sys.argv else ""
+    return main == "-m" or os.path.dirname(os.path.abspath(main)) == os.path.dirname(os.path.abspath(__file__))
+
+
+if not _running_a_command():
     from . import models  # noqa: F401, E402  (registers the Auto classes)

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from fixtures_glue import FILLER, NEGATIVE, POSITIVE
 from prometheus_client.parser import text_string_to_metric_families
+from test_export import BLOCK_FRAMEWORKS
 from test_export import model_folder  # noqa: F401 (fixture: a tiny sentiment model whose exits spread)
 
 from pabee import export, serve
@@ -64,9 +65,11 @@ def free_port():
 class Server:
     """`python -m pabee.serve` in a subprocess, on a free port."""
 
-    def __init__(self, *argv):
+    def __init__(self, *argv, blocker=None):
+        """`blocker`: a folder whose sitecustomize.py every process of the server runs first."""
         self.port = free_port()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+        paths = [str(REPO_ROOT)] if blocker is None else [str(blocker), str(REPO_ROOT)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
         self.process = subprocess.Popen([sys.executable, "-m", "pabee.serve", *argv, "--port", str(self.port),
                                          "--threads", "1"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
@@ -304,11 +307,20 @@ def test_bad_flags_are_one_line(capsys, argv, message):
 
 def test_an_exported_folder_answers_as_classify_and_sigterm_answers_the_requests_in_flight(
         model_folder, texts, tmp_path):
+    """
+    Served without torch, transformers or the modeling files, which the blocker makes fail to import (scipy may load:
+    the defence's thresholds use it).
+    """
     exported = export.export_model(model_folder, str(tmp_path / "onnx"))
     model, tokenizer = load_exported_model(exported)
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    blocked = BLOCK_FRAMEWORKS.replace('("torch", "transformers", "scipy", "sklearn")', '("torch", "transformers")')
+    assert blocked != BLOCK_FRAMEWORKS
+    (blocker / "sitecustomize.py").write_text(blocked)
     # A long batch wait keeps the requests in flight when the signal comes.
     server = Server("--model", exported, *SERVED_FLAGS, "--stream_defence", "off", "--batch_timeout", "2",
-                    "--max_batch_size", "64")
+                    "--max_batch_size", "64", blocker=blocker)
     requests = [texts["shallow"][i : i + 2] + texts["deep"][i : i + 1] for i in range(6)]
     responses, sent = [None] * len(requests), [threading.Event() for _ in requests]
 

@@ -18,6 +18,11 @@ from .modeling_pabee_bert import (
     PabeeBertConfig,
     PabeeSequenceClassifierOutput,
 )
+from .modeling_pabee_deberta_v2 import (
+    DebertaV2ForSequenceClassificationWithPabee,
+    DebertaV2ModelWithPabee,
+    PabeeDebertaV2Config,
+)
 from .modeling_pabee_distilbert import (
     DistilBertForSequenceClassificationWithPabee,
     DistilBertModelWithPabee,
@@ -27,6 +32,11 @@ from .modeling_pabee_electra import (
     ElectraForSequenceClassificationWithPabee,
     ElectraModelWithPabee,
     PabeeElectraConfig,
+)
+from .modeling_pabee_modernbert import (
+    ModernBertForSequenceClassificationWithPabee,
+    ModernBertModelWithPabee,
+    PabeeModernBertConfig,
 )
 from .modeling_pabee_roberta import (
     PabeeRobertaConfig,
@@ -42,8 +52,10 @@ from .modeling_pabee_xlm_roberta import (
 for _model_class in (
     AlbertForSequenceClassificationWithPabee,
     BertForSequenceClassificationWithPabee,
+    DebertaV2ForSequenceClassificationWithPabee,
     DistilBertForSequenceClassificationWithPabee,
     ElectraForSequenceClassificationWithPabee,
+    ModernBertForSequenceClassificationWithPabee,
     RobertaForSequenceClassificationWithPabee,
     XLMRobertaForSequenceClassificationWithPabee,
 ):
@@ -56,14 +68,20 @@ __all__ = [
     "AlbertModelWithPabee",
     "BertForSequenceClassificationWithPabee",
     "BertModelWithPabee",
+    "DebertaV2ForSequenceClassificationWithPabee",
+    "DebertaV2ModelWithPabee",
     "DistilBertForSequenceClassificationWithPabee",
     "DistilBertModelWithPabee",
     "ElectraForSequenceClassificationWithPabee",
     "ElectraModelWithPabee",
+    "ModernBertForSequenceClassificationWithPabee",
+    "ModernBertModelWithPabee",
     "PabeeAlbertConfig",
     "PabeeBertConfig",
+    "PabeeDebertaV2Config",
     "PabeeDistilBertConfig",
     "PabeeElectraConfig",
+    "PabeeModernBertConfig",
     "PabeeRobertaConfig",
     "PabeeSequenceClassifierOutput",
     "RobertaForSequenceClassificationWithPabee",

@@ -589,6 +589,8 @@ def test_overwrite_output_dir_starts_over(models, glue, trained, tmp_path, caplo
     ("xlm-roberta", False),  # read from the config
     ("distilbert", True),
     ("electra", False),
+    ("modernbert", True),
+    ("deberta-v2", False),  # DeBERTa-v3's settings and sentencepiece tokenizer
 ])
 def test_other_families_train_sweep_and_predict(models, glue, tmp_path, model_type, give_model_type):
     """MRPC (sentence pairs, so token types would differ from 0) trained, swept over patience and predicted."""
@@ -604,7 +606,7 @@ def test_other_families_train_sweep_and_predict(models, glue, tmp_path, model_ty
     pabee_class = run_glue_with_pabee.MODEL_CLASSES[model_type]
     model = pabee_class.from_pretrained(output_dir).eval()
     assert model.config.model_type == f"pabee_{model_type}" and model.config.num_labels == 2
-    prefix = {"xlm-roberta": "roberta"}.get(model_type, model_type)
+    prefix = {"xlm-roberta": "roberta", "modernbert": "model", "deberta-v2": "deberta"}.get(model_type, model_type)
     assert {key.split(".")[0] for key in load_file(output_dir / "model.safetensors")} == {prefix, "classifiers"}
     # Token types reach only the family that has them (ELECTRA); RoBERTa's and DistilBERT's features hold none.
     caches = list((output_dir / "cached_features").glob("cached_mrpc_train_*"))

@@ -465,6 +465,9 @@ def test_classify_other_families_batched_as_one_at_a_time(family, tmp_path, caps
             probabilities = output.logits[0].softmax(-1)
             assert (label, exit_layer) == (str(int(probabilities.argmax())), int(output.exit_layers[0]))
             assert probability == pytest.approx(float(probabilities.max()), abs=5e-4)
+    # transformers' pipeline, on the folder as saved, gives the same classes
+    answers = pipeline("text-classification", model=folder)(TEXTS)
+    assert [model.config.label2id[answer["label"]] for answer in answers] == [int(row[0]) for row in printed(batched)]
 
 
 def test_classify_patience_overrides_the_saved_one(trained_folder, capsys):

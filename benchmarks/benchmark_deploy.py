@@ -22,6 +22,9 @@ torch (`pabee.quantization`). Two sections:
    rotates every round), one pass over the examples per timing; the median is reported, with every raw time. Tokens
    are made before timing. onnxruntime's intra-op spinning is off, as in the exported runner.
 
+The results name the CPU (its model and torch's capability, `torch.backends.cpu.get_cpu_capability()`: "AVX2",
+"AVX512", ...), printed with the table: int8 speed-ups depend on the CPU's instructions (VNNI or not).
+
 `--quick` (with a tiny model, for the smoke test in tests/) shortens everything. `--torchao` also times torchao's
 int8 (`Int8DynamicActivationInt8WeightConfig`, `pip install torchao`) against torch.ao's at full depth, the
 measurement behind pabee/quantization.py's choice.
@@ -119,8 +122,8 @@ def make_engines(model_path, work_dir, threads, torchao=False):
         "torch int8": Engine("torch int8", model=quantize_int8(model)),
         "onnx fp32": Engine("onnx fp32", runner=PabeeOnnxModel(onnx_fp32, threads=threads)),
         "onnx int8": Engine("onnx int8", runner=PabeeOnnxModel(onnx_int8, threads=threads)),
-        "onnx int8 per batch": Engine("onnx int8 per batch", runner=PabeeOnnxModel(onnx_int8_per_batch,
-                                                                                  threads=threads)),
+        "onnx int8 per batch": Engine("onnx int8 per batch",
+                                      runner=PabeeOnnxModel(onnx_int8_per_batch, threads=threads)),
     }
     if torchao:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -129,6 +132,18 @@ def make_engines(model_path, work_dir, threads, torchao=False):
         quantize_(torchao_model, Int8DynamicActivationInt8WeightConfig())
         engines["torchao int8"] = Engine("torchao int8", model=torchao_model)
     return engines, tokenizer, model.config
+
+
+def cpu_model_name():
+    """The CPU's model name ("AMD EPYC 9R14"), from /proc/cpuinfo where there is one, else the platform's."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def make_batches(tokenizer, examples, batch_size, max_length, takes_token_types):
@@ -296,7 +311,8 @@ def parse_args(argv=None):
                         help="Reviews timed at batch 1 (and compared one at a time against batch 32).")
     parser.add_argument("--timed_settings", type=parse_settings, default=parse_settings(TIMED_SETTINGS),
                         help=f"Exit settings timed, PATIENCE or PATIENCE@GATE, comma-separated (default "
-                             f"{TIMED_SETTINGS}: full depth, the demo's gated patience, patience 2 and 3).")
+                             f"{TIMED_SETTINGS}: full depth, the demo's gated patience, patience 2 and 3). Each is a "
+                             "whole rule: PATIENCE alone is plain patience, whatever rule the model saved.")
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved timing rounds (the median is reported).")
     parser.add_argument("--threads", type=int, default=None,
                         help="Threads of torch and onnxruntime (default: torch's default, the cores).")
@@ -340,6 +356,7 @@ def main(argv=None):
         if args.plain_model:
             models["plain"] = args.plain_model
         results = {"command": " ".join(["python", *sys.argv]), "machine": platform.processor() or platform.machine(),
+                   "cpu_model": cpu_model_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                    "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
                    "onnxruntime": __import__("onnxruntime").__version__, "max_seq_length": args.max_seq_length,
                    "dev_examples": len(examples), "batch_1_examples": len(alone_examples)}
@@ -363,12 +380,19 @@ def main(argv=None):
         if not args.no_timing:
             results["timing"] = timing_section(contenders, args.rounds, {32: labels, 1: labels[: len(alone_examples)]})
             print(format_table(results["timing"]))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as file:
+    write_results(results, args.output)
+    return results
+
+
+def write_results(results, path):
+    """Print the CPU the figures come from (int8 products are much faster with AVX-512 VNNI than with AVX2) and
+    write `results` as JSON to `path`."""
+    print(f"CPU: {results['cpu_model']}, {results['cpu_count']} cores, torch capability {results['cpu_capability']}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as file:
         json.dump(results, file, indent=2)
         file.write("\n")
-    print(f"Results written to {args.output}")
-    return results
+    print(f"Results written to {path}")
 
 
 if __name__ == "__main__":

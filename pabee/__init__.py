@@ -1,92 +1,75 @@
 """Patience-based Early Exit (PABEE) for BERT, ALBERT, RoBERTa, XLM-RoBERTa, DistilBERT and ELECTRA classification.
 
-Importing pabee (or any of its modules) registers the PABEE configs and classifiers with transformers' Auto classes,
-so that in this process a saved PABEE folder loads without `trust_remote_code=True` and without running the folder's
-copy of the code: `AutoConfig`, `AutoModelForSequenceClassification` and `pipeline` build this package's classes
-(with `trust_remote_code=True` too: transformers prefers a registered class to a folder's code), and
-`AutoTokenizer.from_pretrained(folder)`, which reads the model's config to pick the tokenizer, no longer asks whether
-to run the folder's code. Without `import pabee`, transformers loads the folder's own copy of the modeling file with
-`trust_remote_code=True` and refuses the folder without it.
+Importing pabee (or pabee.models, which every module that loads a torch model imports) registers the PABEE configs
+and classifiers with transformers' Auto classes, so that in this process a saved PABEE folder loads without
+`trust_remote_code=True` and without running the folder's copy of the code: `AutoConfig`,
+`AutoModelForSequenceClassification` and `pipeline` build this package's classes (with `trust_remote_code=True` too:
+transformers prefers a registered class to a folder's code), and `AutoTokenizer.from_pretrained(folder)`, which reads
+the model's config to pick the tokenizer, no longer asks whether to run the folder's code. Without `import pabee`,
+transformers loads the folder's own copy of the modeling file with `trust_remote_code=True` and refuses the folder
+without it.
+
+`python -m pabee.<command>` runs this file first, while Python locates the command (sys.argv[0] is then "-m"). There
+it imports nothing: each command imports what it needs, so that `python -m pabee.classify` on an exported folder
+starts without torch or transformers, and the commands that load a torch model register the classes through
+pabee.models. The classes below are then imported on first use.
 """
 
-from transformers import AutoConfig, AutoModelForSequenceClassification
+import importlib
+import sys
 
-from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee, AlbertModelWithPabee, PabeeAlbertConfig
-from .modeling_pabee_bert import (
-    BertForSequenceClassificationWithPabee,
-    BertModelWithPabee,
-    PabeeBertConfig,
-    PabeeSequenceClassifierOutput,
-)
-from .modeling_pabee_deberta_v2 import (
-    DebertaV2ForSequenceClassificationWithPabee,
-    DebertaV2ModelWithPabee,
-    PabeeDebertaV2Config,
-)
-from .modeling_pabee_distilbert import (
-    DistilBertForSequenceClassificationWithPabee,
-    DistilBertModelWithPabee,
-    PabeeDistilBertConfig,
-)
-from .modeling_pabee_electra import (
-    ElectraForSequenceClassificationWithPabee,
-    ElectraModelWithPabee,
-    PabeeElectraConfig,
-)
-from .modeling_pabee_modernbert import (
-    ModernBertForSequenceClassificationWithPabee,
-    ModernBertModelWithPabee,
-    PabeeModernBertConfig,
-)
-from .modeling_pabee_roberta import (
-    PabeeRobertaConfig,
-    RobertaForSequenceClassificationWithPabee,
-    RobertaModelWithPabee,
-)
-from .modeling_pabee_xlm_roberta import (
-    PabeeXLMRobertaConfig,
-    XLMRobertaForSequenceClassificationWithPabee,
-    XLMRobertaModelWithPabee,
-)
+# Each public name, by the module that defines it
+_EXPORTS = {
+    "modeling_pabee_albert": ["AlbertForSequenceClassificationWithPabee", "AlbertModelWithPabee", "PabeeAlbertConfig"],
+    "modeling_pabee": ["PabeeSequenceClassifierOutput"],
+    "modeling_pabee_bert": ["BertForSequenceClassificationWithPabee", "BertModelWithPabee", "PabeeBertConfig"],
+    "modeling_pabee_deberta_v2": [
+        "DebertaV2ForSequenceClassificationWithPabee",
+        "DebertaV2ModelWithPabee",
+        "PabeeDebertaV2Config",
+    ],
+    "modeling_pabee_distilbert": [
+        "DistilBertForSequenceClassificationWithPabee",
+        "DistilBertModelWithPabee",
+        "PabeeDistilBertConfig",
+    ],
+    "modeling_pabee_electra": [
+        "ElectraForSequenceClassificationWithPabee",
+        "ElectraModelWithPabee",
+        "PabeeElectraConfig",
+    ],
+    "modeling_pabee_modernbert": [
+        "ModernBertForSequenceClassificationWithPabee",
+        "ModernBertModelWithPabee",
+        "PabeeModernBertConfig",
+    ],
+    "modeling_pabee_roberta": [
+        "PabeeRobertaConfig",
+        "RobertaForSequenceClassificationWithPabee",
+        "RobertaModelWithPabee",
+    ],
+    "modeling_pabee_xlm_roberta": [
+        "PabeeXLMRobertaConfig",
+        "XLMRobertaForSequenceClassificationWithPabee",
+        "XLMRobertaModelWithPabee",
+    ],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 
-for _model_class in (
-    AlbertForSequenceClassificationWithPabee,
-    BertForSequenceClassificationWithPabee,
-    DebertaV2ForSequenceClassificationWithPabee,
-    DistilBertForSequenceClassificationWithPabee,
-    ElectraForSequenceClassificationWithPabee,
-    ModernBertForSequenceClassificationWithPabee,
-    RobertaForSequenceClassificationWithPabee,
-    XLMRobertaForSequenceClassificationWithPabee,
-):
-    AutoConfig.register(_model_class.config_class.model_type, _model_class.config_class, exist_ok=True)
-    AutoModelForSequenceClassification.register(_model_class.config_class, _model_class, exist_ok=True)
-del _model_class
 
-__all__ = [
-    "AlbertForSequenceClassificationWithPabee",
-    "AlbertModelWithPabee",
-    "BertForSequenceClassificationWithPabee",
-    "BertModelWithPabee",
-    "DebertaV2ForSequenceClassificationWithPabee",
-    "DebertaV2ModelWithPabee",
-    "DistilBertForSequenceClassificationWithPabee",
-    "DistilBertModelWithPabee",
-    "ElectraForSequenceClassificationWithPabee",
-    "ElectraModelWithPabee",
-    "ModernBertForSequenceClassificationWithPabee",
-    "ModernBertModelWithPabee",
-    "PabeeAlbertConfig",
-    "PabeeBertConfig",
-    "PabeeDebertaV2Config",
-    "PabeeDistilBertConfig",
-    "PabeeElectraConfig",
-    "PabeeModernBertConfig",
-    "PabeeRobertaConfig",
-    "PabeeSequenceClassifierOutput",
-    "RobertaForSequenceClassificationWithPabee",
-    "RobertaModelWithPabee",
-    "XLMRobertaForSequenceClassificationWithPabee",
-    "PabeeXLMRobertaConfig",
-    "XLMRobertaModelWithPabee",
-]
+def __getattr__(name):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    importlib.import_module(f"{__name__}.models")  # every modeling file, and the Auto classes registered
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})
+
+
+if sys.argv[0] != "-m":
+    from . import models  # noqa: F401, E402  (registers the Auto classes)

@@ -40,6 +40,9 @@ from .modeling_pabee import guard_flag_layers, simulate_exit_layers, uncertainty
 
 EDIT_KINDS = ("swap", "delete", "insert", "substitute")
 GOALS = ("misclassification", "slowdown", "slowdown-patience")
+# The exit settings the command line can give (the rule and the defences; regression_threshold is the model's)
+ATTACKED_SETTINGS = ("patience", "exit_criterion", "exit_threshold", "exit_confidence", "max_exit_layer",
+                     "slowdown_guard")
 RANKINGS = ("unk", "delete")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -365,13 +368,18 @@ def parse_args(argv=None):
                              "uncertainty score breaks ties); slowdown-patience: the same with SAME's "
                              "patience-breaking term as the tie-break.")
     parser.add_argument("--patience", type=int, default=None,
-                        help="Patience of the exit setting attacked (0: every layer). Default: the model's own.")
+                        help="Patience of the exit setting attacked (0: every layer). The exit rule is --patience, "
+                             "--exit_criterion, --exit_threshold and --exit_confidence together: any of them given "
+                             "make the whole rule, the others taking their defaults (patience 0, criterion patience, "
+                             "no threshold, gate 0), never the saved values. Default: with none of them, the rule "
+                             "saved with the model (standard error says which).")
     parser.add_argument("--exit_confidence", type=float, default=None,
-                        help="Confidence gate on the patience counter (0: plain PABEE). Default: the model's own.")
+                        help="Confidence gate on the patience counter (0: plain PABEE). Goes with --patience.")
     parser.add_argument("--exit_criterion", choices=("patience", "entropy", "confidence"), default=None,
-                        help="Exit rule attacked. Default: the model's own.")
+                        help="Exit rule attacked: patience, or entropy or confidence with --exit_threshold.")
     parser.add_argument("--exit_threshold", type=float, default=None,
-                        help="Threshold of --exit_criterion entropy (nats) or confidence (probability).")
+                        help="Threshold of --exit_criterion entropy (nats) or confidence (probability); needs "
+                             "--exit_criterion.")
     parser.add_argument("--max_exit_layer", type=int, default=None,
                         help="Slowdown defence of the setting attacked: a cap on depth. Default: the model's own.")
     parser.add_argument("--slowdown_guard", type=float, default=None,
@@ -452,14 +460,14 @@ def read_texts(args, config):
 
 
 def model_kwargs_from(args, config):
-    """The exit setting attacked: the model's own, with the arguments given overriding it."""
-    kwargs = {name: getattr(config, name) for name in
-              ("patience", "regression_threshold", "exit_criterion", "exit_threshold", "exit_confidence",
-               "max_exit_layer", "slowdown_guard")}
-    for name in ("patience", "exit_criterion", "exit_threshold", "exit_confidence", "max_exit_layer",
-                 "slowdown_guard"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
+    """
+    The exit setting attacked, as the model resolves the arguments given (see `--patience`'s help): the saved rule
+    where none of the rule's arguments is given. A `ValueError` says how to fix a bad or incomplete setting.
+    """
+    from .modeling_pabee import check_pabee_settings, exit_settings_for_call
+
+    kwargs = exit_settings_for_call(config, **{name: getattr(args, name) for name in ATTACKED_SETTINGS})
+    check_pabee_settings(**kwargs, num_labels=config.num_labels, num_layers=config.num_hidden_layers)
     return kwargs
 
 
@@ -480,7 +488,7 @@ def format_results(config, results):
 
 
 def main(argv=None):
-    from .classify import InputError, load_model
+    from .classify import RULE_SETTINGS, InputError, exit_setting_label, first_line, load_model
 
     args = parse_args(argv)
     try:
@@ -489,17 +497,13 @@ def main(argv=None):
         if config.num_labels == 1:
             raise InputError(f"the model in {args.model} is a regression model: these attacks need classes")
         texts, labels = read_texts(args, config)
-        kwargs = model_kwargs_from(args, config)
-        from .modeling_pabee import check_pabee_settings
-
         try:
-            check_pabee_settings(kwargs["patience"], kwargs["regression_threshold"],
-                                 exit_criterion=kwargs["exit_criterion"], exit_threshold=kwargs["exit_threshold"],
-                                 num_labels=config.num_labels, exit_confidence=kwargs["exit_confidence"],
-                                 max_exit_layer=kwargs["max_exit_layer"], slowdown_guard=kwargs["slowdown_guard"],
-                                 num_layers=config.num_hidden_layers)
+            kwargs = model_kwargs_from(args, config)
         except ValueError as error:
-            raise InputError(str(error))
+            raise InputError(first_line(error))
+        if all(getattr(args, name) is None for name in RULE_SETTINGS):
+            print(f"exit setting saved with the model: {exit_setting_label(kwargs)} (--patience or --exit_criterion "
+                  "chooses another)", file=sys.stderr)
         if torch.cuda.is_available():
             model = model.cuda()
         attack_config = AttackConfig(goal=args.goal, query_budget=args.query_budget,

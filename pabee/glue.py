@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 
 @dataclass(frozen=True)
@@ -414,6 +412,10 @@ def compute_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray)
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
     if len(labels) == 0:
         raise ValueError("cannot compute metrics of an empty set")
+    # Here rather than at the top: scipy and sklearn take seconds to import, which python -m pabee.classify (which
+    # reads the task names of this module) should not pay.
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import f1_score, matthews_corrcoef
 
     if task.is_regression:
         pearson = float(pearsonr(predictions, labels)[0])

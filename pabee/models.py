@@ -7,11 +7,13 @@ a plain BERT. Both load into the same class, and the family (the backbone's mode
 
     config, family = load_pabee_config("output/demo")
     model = MODEL_CLASSES[family].from_pretrained("output/demo", config=config)
+
+Importing this module registers every class of MODEL_CLASSES with transformers' Auto classes (see pabee/__init__.py).
 """
 
 import os
 
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedConfig
 
 from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee
 from .modeling_pabee_bert import BertForSequenceClassificationWithPabee
@@ -33,6 +35,11 @@ MODEL_CLASSES = {
     "modernbert": ModernBertForSequenceClassificationWithPabee,
     "deberta-v2": DebertaV2ForSequenceClassificationWithPabee,  # DeBERTa-v3 too
 }
+
+for _model_class in MODEL_CLASSES.values():
+    AutoConfig.register(_model_class.config_class.model_type, _model_class.config_class, exist_ok=True)
+    AutoModelForSequenceClassification.register(_model_class.config_class, _model_class, exist_ok=True)
+del _model_class
 
 
 def model_family(model_type):

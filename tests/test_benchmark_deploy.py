@@ -45,12 +45,15 @@ def run_benchmark(*argv):
         torch.set_num_threads(threads)
 
 
-def test_quick_run_writes_answers_and_interleaved_timings(tmp_path):
+def test_quick_run_writes_answers_and_interleaved_timings(tmp_path, capsys):
     model_folder, data_dir = save_model_and_data(tmp_path)
     output = tmp_path / "deploy.json"
     benchmark, _ = run_benchmark("--model", model_folder, "--plain_model", model_folder, "--data_dir", data_dir,
                                  "--output", output)
     results = json.loads(output.read_text())
+    # The figures say which CPU they come from: int8 speed depends on its instructions (AVX2, AVX-512 VNNI)
+    assert results["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and results["cpu_model"]
+    assert f"torch capability {results['cpu_capability']}" in capsys.readouterr().out
 
     answers = results["answers"]["entries"]
     assert len(answers) == len(benchmark.DEMO_SETTINGS) * len(benchmark.ENGINES)

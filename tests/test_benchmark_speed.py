@@ -131,7 +131,7 @@ def test_cut_model_answers_like_early_exit_at_its_layer(benchmark, exit_pooling)
 def test_baseline_revision_is_timed_beside_the_current_code(benchmark):
     """--baseline_revision loads that commit's model class; section 1c times it in the same rounds."""
     baseline_class = benchmark.load_baseline_model_class("HEAD")
-    assert baseline_class.__module__ == "baseline_modeling_pabee_bert"
+    assert baseline_class.__module__ == "baseline_pabee.modeling_pabee_bert"  # with the shared module it imports
     model, _ = benchmark.make_models("tiny", seed=0, device=torch.device("cpu"))
     baseline = baseline_class(model.config).eval()
     args = benchmark.parse_args(["--tiny"])

@@ -262,6 +262,57 @@ def test_exported_folder_runs_where_torch_cannot_be_imported(model_folder, expor
     assert result.stdout.splitlines() == run_classify(capsys, "--model", model_folder, "--patience", "2", *TEXTS)
 
 
+BLOCK_FRAMEWORKS = textwrap.dedent("""
+    import sys
+
+    class BlockFrameworks:
+        '''Make torch, transformers, this repository's modeling files, scipy and sklearn fail to import.'''
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers", "scipy", "sklearn") or name.startswith(
+                    "pabee.modeling"):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+            return None
+
+    sys.meta_path.insert(0, BlockFrameworks())
+""")
+
+
+def run_python(arguments, tmp_path, block=True):
+    """Python on `arguments` in a fresh process that finds this repository (and, with `block`, no frameworks)."""
+    paths = [REPO_ROOT]
+    if block:
+        blocker = tmp_path / "blocker"
+        blocker.mkdir(exist_ok=True)
+        (blocker / "sitecustomize.py").write_text(BLOCK_FRAMEWORKS)
+        paths.insert(0, str(blocker))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *map(str, arguments)], env=env, capture_output=True, text=True,
+                          cwd=tmp_path)
+
+
+def test_classify_on_an_exported_folder_imports_no_framework(model_folder, exported_folder, tmp_path, capsys):
+    """
+    `python -m pabee.classify` on an exported folder runs the runner's path: it starts without torch, transformers,
+    the modeling files, scipy or sklearn (which the blocker makes fail to import), and prints what the torch folder
+    prints. `import pabee` in a program still imports them (and registers the Auto classes).
+    """
+    check = run_python(["-c", "import pabee"], tmp_path)
+    assert check.returncode != 0 and "blocked" in check.stderr
+    for options in ([], ["--patience", "2"], ["--exit_criterion", "confidence", "--exit_threshold", "0.6"]):
+        result = run_python(["-m", "pabee.classify", "--model", exported_folder, *options, *TEXTS], tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == run_classify(capsys, "--model", model_folder, *options, *TEXTS), options
+
+
+def test_classify_on_a_torch_folder_from_the_command_line(model_folder, tmp_path, capsys):
+    """The same command on a torch folder imports the model classes itself, without `import pabee`'s eager imports."""
+    result = run_python(["-m", "pabee.classify", "--model", model_folder, "--patience", "2", *TEXTS], tmp_path,
+                        block=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == run_classify(capsys, "--model", model_folder, "--patience", "2", *TEXTS)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # int8 and errors
 

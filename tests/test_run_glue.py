@@ -959,7 +959,7 @@ def test_help_explains_patience_and_threshold(capsys):
     text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     assert "PATIENCE+1" in text and "0 runs every layer" in text
     assert "--regression_threshold" in text and "differ by less than" in text
-    assert "Backbone family: bert, albert, roberta, xlm-roberta, distilbert, electra." in text
+    assert "Backbone family: bert, albert, roberta, xlm-roberta, distilbert, electra, modernbert, deberta-v2." in text
     # Every flag of the reference script is there.
     for flag in ("data_dir", "model_type", "model_name_or_path", "task_name", "output_dir", "patience",
                  "regression_threshold", "config_name", "tokenizer_name", "cache_dir", "max_seq_length", "do_train",

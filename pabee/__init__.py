@@ -25,6 +25,11 @@ _EXPORTS = {
     "modeling_pabee_albert": ["AlbertForSequenceClassificationWithPabee", "AlbertModelWithPabee", "PabeeAlbertConfig"],
     "modeling_pabee": ["PabeeSequenceClassifierOutput"],
     "modeling_pabee_bert": ["BertForSequenceClassificationWithPabee", "BertModelWithPabee", "PabeeBertConfig"],
+    "modeling_pabee_deberta_v2": [
+        "DebertaV2ForSequenceClassificationWithPabee",
+        "DebertaV2ModelWithPabee",
+        "PabeeDebertaV2Config",
+    ],
     "modeling_pabee_distilbert": [
         "DistilBertForSequenceClassificationWithPabee",
         "DistilBertModelWithPabee",
@@ -34,6 +39,11 @@ _EXPORTS = {
         "ElectraForSequenceClassificationWithPabee",
         "ElectraModelWithPabee",
         "PabeeElectraConfig",
+    ],
+    "modeling_pabee_modernbert": [
+        "ModernBertForSequenceClassificationWithPabee",
+        "ModernBertModelWithPabee",
+        "PabeeModernBertConfig",
     ],
     "modeling_pabee_roberta": [
         "PabeeRobertaConfig",

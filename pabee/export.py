@@ -35,15 +35,19 @@ OPSET = 17
 
 
 class Embeddings(nn.Module):
-    """The input of layer 1 from token ids (and token types, for a model that has several)."""
+    """
+    The input of layer 1 from token ids, the attention mask (DeBERTa's embeddings multiply by it; the exporter leaves
+    it out of the graph of a family whose embeddings do not read it) and token types (for a model that has several).
+    """
 
     def __init__(self, model, takes_token_types):
         super().__init__()
         self.backbone = model.base_model
         self.takes_token_types = takes_token_types
 
-    def forward(self, input_ids, token_type_ids=None):
-        return self.backbone.embed(input_ids, token_type_ids if self.takes_token_types else None)
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        token_type_ids = token_type_ids if self.takes_token_types else None
+        return self.backbone.embed(input_ids, token_type_ids, attention_mask=attention_mask)
 
 
 class LayerWithClassifier(nn.Module):
@@ -63,7 +67,10 @@ class LayerWithClassifier(nn.Module):
 
 
 def takes_token_types(model):
-    """Whether the model has token types to be given (BERT, ALBERT, ELECTRA; not RoBERTa's one, nor DistilBERT)."""
+    """
+    Whether the model has token types to be given (BERT, ALBERT, ELECTRA, DeBERTa-v2; not RoBERTa's one, nor
+    DistilBERT, ModernBERT or DeBERTa-v3).
+    """
     return model_family(model.config.model_type) != "distilbert" and getattr(model.config, "type_vocab_size", 0) > 1
 
 
@@ -77,17 +84,20 @@ def export_graphs(model, folder):
     dynamic = {0: "batch", 1: "sequence"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python values taken as constants (checked by tests)
-        embeddings_inputs = (input_ids, torch.zeros_like(input_ids)) if token_types else (input_ids,)
-        names = ["input_ids", "token_type_ids"] if token_types else ["input_ids"]
-        torch.onnx.export(Embeddings(model, token_types), embeddings_inputs, os.path.join(folder, "embeddings.onnx"),
+        # Each wrapper in evaluation mode: the exporter restores a module's mode when it is done, recursively, and a
+        # new module is in training mode.
+        embeddings = Embeddings(model, token_types).eval()
+        embeddings_inputs = (input_ids, attention_mask) + ((torch.zeros_like(input_ids),) if token_types else ())
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
+        torch.onnx.export(embeddings, embeddings_inputs, os.path.join(folder, "embeddings.onnx"),
                           input_names=names, output_names=["hidden_states"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={**{name: dynamic for name in names}, "hidden_states": dynamic})
         with torch.no_grad():
-            hidden_states = model.base_model.embed(input_ids, embeddings_inputs[1] if token_types else None)
+            hidden_states = embeddings(*embeddings_inputs)
         layers = []
         for index in range(model.config.num_hidden_layers):
             name = f"layer_{index + 1:02d}.onnx"
-            torch.onnx.export(LayerWithClassifier(model, index), (hidden_states, attention_mask),
+            torch.onnx.export(LayerWithClassifier(model, index).eval(), (hidden_states, attention_mask),
                               os.path.join(folder, name), input_names=["hidden_states", "attention_mask"],
                               output_names=["hidden_states_out", "logits"], opset_version=OPSET, dynamo=False,
                               dynamic_axes={"hidden_states": dynamic, "attention_mask": dynamic,

@@ -533,7 +533,8 @@ class PabeeBackboneMixin:
     - `run_layer(index, hidden_states, layer_inputs)`: layer `index` (0-based);
     - `pool_first_token(hidden_states)` where `exit_pooling="pooler"` reads a pooler (by default the `pooler` module);
     and, where the defaults below do not fit, `layer_inputs` (what a layer takes besides the hidden states),
-    `classifier_dropout_prob`, `pooling_weights` and `pool`.
+    `classifier_dropout_prob`, `pooling_weights`, `pool`, and, for `output_hidden_states`, `hidden_states_modules`
+    and `last_hidden_state`.
     """
 
     def classifier_dropout_prob(self):
@@ -573,6 +574,30 @@ class PabeeBackboneMixin:
     def pool_first_token(self, hidden_states):
         """What "pooler" pooling reads: the family's pooler over the first token, `(batch_size, hidden_size)`."""
         return self.pooler(hidden_states)
+
+    def add_exit_pooler(self, name, make_pooler):
+        """
+        For a family whose pooler is not part of its transformers backbone: set attribute `name` to `make_pooler()`
+        where the classifiers read it (`exit_pooling="pooler"`), else to None (an unused one would be reported as newly
+        initialised, never trained, and refused by DistributedDataParallel: a parameter without gradient). Called at
+        the end of `__init__`: it initialises the pooler as the family initialises its modules.
+        """
+        setattr(self, name, None)
+        if getattr(self.config, "exit_pooling", "pooler") == "pooler":
+            setattr(self, name, make_pooler())
+            self.post_init()
+
+    def hidden_states_modules(self):
+        """
+        The modules whose outputs are the hidden states the backbone returns, in the order they run (the first one's
+        input, the embeddings, is recorded too): by default every module of the class its `_can_record_outputs`
+        names.
+        """
+        return [module for module in self.modules() if isinstance(module, self._can_record_outputs["hidden_states"])]
+
+    def last_hidden_state(self, hidden_states):
+        """The last layer's output as the backbone returns it (through its final norm, where it has one)."""
+        return hidden_states
 
 
 def dense_tanh_first_token(dense, hidden_states):
@@ -624,6 +649,19 @@ class PabeeForSequenceClassificationMixin:
 
     config_class = None  # the family's PABEE config class
     backbone_class = None  # the family's backbone adapter, stored under the pre-trained model's `base_model_prefix`
+    # {pattern: replacement} for checkpoint weights that transformers' classes of the family keep under another name
+    # than the backbone adapter does (ModernBERT's classification head: `head.*`, here `model.head.*`)
+    checkpoint_key_mapping = None
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """
+        transformers' `from_pretrained`, which also reads the weights `checkpoint_key_mapping` renames (and, as
+        transformers does with renamed weights, `save_pretrained` writes them back under the checkpoint's names).
+        """
+        if cls.checkpoint_key_mapping:
+            kwargs.setdefault("key_mapping", cls.checkpoint_key_mapping)
+        return super().from_pretrained(*args, **kwargs)
 
     def __init__(self, config, **pabee_settings):
         if not isinstance(config, self.config_class):
@@ -762,7 +800,10 @@ class PabeeForSequenceClassificationMixin:
         output = PabeeSequenceClassifierOutput(
             loss=loss,
             logits=logits,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            hidden_states=(
+                (*all_hidden_states[:-1], self.base_model.last_hidden_state(all_hidden_states[-1]))
+                if output_hidden_states else None
+            ),
             attentions=tuple(all_attentions) if output_attentions else None,
             exit_layers=exit_layers,
             all_layer_logits=all_layer_logits if output_all_layer_logits else None,
@@ -927,11 +968,12 @@ def gather_exits(exits):
 @contextmanager
 def recorded_outputs(model, hidden_states=None, attentions=None):
     """
-    While inside, record what transformers' `output_hidden_states` and `output_attentions` return, from the modules
-    that its `model._can_record_outputs` names, as they run: into the list `hidden_states`, the input of the first
-    layer and then each layer's output `(batch_size, seq_len, hidden_size)`; into the list `attentions`, each
-    attention module's probabilities `(batch_size, num_heads, seq_len, seq_len)` (its second output). A list left
-    None records nothing. The hooks are removed on leaving, so that no other call pays for them.
+    While inside, record what transformers' `output_hidden_states` and `output_attentions` return, as the modules run:
+    into the list `hidden_states`, the input of the first layer and then each layer's output `(batch_size, seq_len,
+    hidden_size)`, from the modules the backbone's `hidden_states_modules` gives; into the list `attentions`, the
+    probabilities `(batch_size, num_heads, seq_len, seq_len)` of each module of the class `model._can_record_outputs`
+    names for them (its second output). A list left None records nothing. The hooks are removed on leaving, so that
+    no other call pays for them.
     """
 
     def record_hidden_states(module, inputs, output):
@@ -942,15 +984,13 @@ def recorded_outputs(model, hidden_states=None, attentions=None):
     def record_attentions(module, inputs, output):
         attentions.append(output[1])
 
-    hooks = {}
+    handles = []
     if hidden_states is not None:
-        hooks["hidden_states"] = record_hidden_states
+        handles += [module.register_forward_hook(record_hidden_states)
+                    for module in model.base_model.hidden_states_modules()]
     if attentions is not None:
-        hooks["attentions"] = record_attentions
-    handles = [
-        module.register_forward_hook(hook) for module in model.modules() for key, hook in hooks.items()
-        if isinstance(module, model._can_record_outputs[key])
-    ]
+        handles += [module.register_forward_hook(record_attentions) for module in model.modules()
+                    if isinstance(module, model._can_record_outputs["attentions"])]
     try:
         yield
     finally:

@@ -17,8 +17,10 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 
 from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee
 from .modeling_pabee_bert import BertForSequenceClassificationWithPabee
+from .modeling_pabee_deberta_v2 import DebertaV2ForSequenceClassificationWithPabee
 from .modeling_pabee_distilbert import DistilBertForSequenceClassificationWithPabee
 from .modeling_pabee_electra import ElectraForSequenceClassificationWithPabee
+from .modeling_pabee_modernbert import ModernBertForSequenceClassificationWithPabee
 from .modeling_pabee_roberta import RobertaForSequenceClassificationWithPabee
 from .modeling_pabee_xlm_roberta import XLMRobertaForSequenceClassificationWithPabee
 
@@ -30,6 +32,8 @@ MODEL_CLASSES = {
     "xlm-roberta": XLMRobertaForSequenceClassificationWithPabee,
     "distilbert": DistilBertForSequenceClassificationWithPabee,
     "electra": ElectraForSequenceClassificationWithPabee,
+    "modernbert": ModernBertForSequenceClassificationWithPabee,
+    "deberta-v2": DebertaV2ForSequenceClassificationWithPabee,  # DeBERTa-v3 too
 }
 
 for _model_class in MODEL_CLASSES.values():
@@ -72,10 +76,10 @@ def max_model_length(config):
     return config.max_position_embeddings
 
 
-# What a model folder holds when it has a tokenizer of its own (WordPiece, sentencepiece, BPE, or the fast
-# tokenizer's single file).
+# What a model folder holds when it has a tokenizer of its own (WordPiece, sentencepiece (DeBERTa's spm.model), BPE,
+# or the fast tokenizer's single file).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
-                   "vocab.json")
+                   "spm.model", "vocab.json")
 
 
 def lacks_tokenizer_files(path):

@@ -225,7 +225,8 @@ class PabeeOnnxModel:
             options.intra_op_num_threads = threads
         self.embeddings = self.open_graph(self.settings["embeddings"], options)
         self.layers = [self.open_graph(name, options) for name in self.settings["layers"]]
-        self.takes_token_types = "token_type_ids" in [i.name for i in self.embeddings.get_inputs()]
+        self.embeddings_inputs = [i.name for i in self.embeddings.get_inputs()]  # DeBERTa's takes the attention mask
+        self.takes_token_types = "token_type_ids" in self.embeddings_inputs
 
     def open_graph(self, name, options):
         path = os.path.join(self.folder, name)
@@ -256,13 +257,13 @@ class PabeeOnnxModel:
         """
         settings = self.exit_settings(**exit_settings)
         input_ids, attention_mask = np.asarray(input_ids, np.int64), np.asarray(attention_mask, np.int64)
-        feeds = {"input_ids": input_ids}
-        if self.takes_token_types:
-            feeds["token_type_ids"] = (np.zeros_like(input_ids) if token_type_ids is None
-                                       else np.asarray(token_type_ids, np.int64))
         length = longest_length(attention_mask)  # trailing padding no example attends to is dropped
-        feeds = {name: value[:, :length] for name, value in feeds.items()}
         attention_mask = attention_mask[:, :length]
+        inputs = {"input_ids": input_ids[:, :length], "attention_mask": attention_mask}
+        if self.takes_token_types:
+            inputs["token_type_ids"] = (np.zeros_like(input_ids) if token_type_ids is None
+                                        else np.asarray(token_type_ids, np.int64))[:, :length]
+        feeds = {name: inputs[name] for name in self.embeddings_inputs}
         (hidden_states,) = self.embeddings.run(None, feeds)  # (batch, seq, hidden)
 
         batch_size = len(input_ids)

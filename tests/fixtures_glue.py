@@ -2,8 +2,8 @@
 
 - `save_tiny_model(folder, model_type)`: a randomly initialised backbone of any family the script takes (4 layers,
   hidden 32) and a tokenizer of the family's kind over the fixture's words (WordPiece for BERT, ALBERT, DistilBERT
-  and ELECTRA, byte-level BPE for RoBERTa, unigram for XLM-RoBERTa), saved with `save_pretrained` as a pretrained
-  model would be.
+  and ELECTRA, byte-level BPE for RoBERTa and, as one tokenizer.json, ModernBERT, unigram for XLM-RoBERTa, a
+  sentencepiece model trained here for DeBERTa-v3), saved as a pretrained model would be.
 - `write_glue_task(folder, task)`: train and dev files of SST-2, MRPC, STS-B or MNLI in the exact layout of the
   original GLUE release (headers, column order, label strings), made of the vocabulary's words. Each label goes with
   a word in the sentence, so training has something to learn. `write_test_split(folder, task)` adds the unlabelled
@@ -15,6 +15,7 @@
 import bz2
 import csv
 import io
+import json
 import os
 import random
 import shutil
@@ -52,7 +53,13 @@ def write_vocab(path):
 
 ROBERTA_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0 to 3, as in RoBERTa's and XLM-R's vocabularies
 WORDS = POSITIVE + NEGATIVE + FILLER + PUNCTUATION
-MODEL_TYPES = ("bert", "albert", "roberta", "xlm-roberta", "distilbert", "electra")
+MODEL_TYPES = ("bert", "albert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert", "deberta-v2")
+MODERNBERT_SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]  # in the order of ModernBERT's ids
+
+# DeBERTa-v3's architecture settings (microsoft/deberta-v3-base's config.json), with fewer position buckets for
+# sequences of tens of tokens
+DEBERTA_V3 = dict(relative_attention=True, position_buckets=16, max_relative_positions=-1, norm_rel_ebd="layer_norm",
+                  share_att_key=True, pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0)
 
 
 def make_tokenizer(model_type, folder):
@@ -69,6 +76,10 @@ def make_tokenizer(model_type, folder):
         os.makedirs(bpe_folder, exist_ok=True)
         vocab_path, merges_path = bpe.save_model(bpe_folder)
         return RobertaTokenizer(vocab=vocab_path, merges=merges_path)
+    if model_type == "modernbert":
+        return modernbert_tokenizer()
+    if model_type == "deberta-v2":
+        return deberta_v3_tokenizer(folder)
     if model_type == "xlm-roberta":  # sentencepiece-style unigram: one piece per word, characters as a fallback
         pieces = [(token, 0.0) for token in ROBERTA_SPECIAL_TOKENS] + [("▁" + word, -1.0) for word in WORDS]
         pieces += [("▁", -3.0)] + [(char, -5.0) for char in sorted(set("".join(WORDS)))] + [("<mask>", 0.0)]
@@ -79,6 +90,50 @@ def make_tokenizer(model_type, folder):
     tokenizer = tokenizer_class(vocab={token: index for index, token in enumerate(VOCAB)}, do_lower_case=True)
     assert len(tokenizer) == len(VOCAB)
     return tokenizer
+
+
+def modernbert_tokenizer():
+    """
+    A byte-level BPE tokenizer trained on the words, with [CLS] ... [SEP] around each text, as ModernBERT's: one
+    tokenizer.json, no token types.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=MODERNBERT_SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([" ".join(WORDS)] * 2, trainer)
+    special_ids = [(token, bpe.token_to_id(token)) for token in ("[CLS]", "[SEP]")]
+    bpe.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=special_ids)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                   pad_token="[PAD]", mask_token="[MASK]",
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+def deberta_v3_tokenizer(folder):
+    """
+    DeBERTa-v3's tokenizer as its checkpoints ship it: a sentencepiece unigram model (spm.model, trained here on the
+    words) and a tokenizer_config.json, which transformers converts to a fast tokenizer when it loads them.
+    """
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter([" ".join(WORDS)] * 3 + WORDS), model_writer=model, model_type="unigram",
+        vocab_size=150, hard_vocab_limit=False, minloglevel=2, user_defined_symbols=["[MASK]"],
+        pad_id=0, pad_piece="[PAD]", bos_id=1, bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]", unk_id=3,
+        unk_piece="[UNK]",
+    )
+    with open(os.path.join(folder, "spm.model"), "wb") as file:
+        file.write(model.getvalue())
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as file:
+        json.dump({"tokenizer_class": "DebertaV2Tokenizer", "vocab_type": "spm", "do_lower_case": False}, file)
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def save_tiny_model(folder, model_type="bert", dropout=True):
@@ -100,12 +155,21 @@ def save_tiny_model(folder, model_type="bert", dropout=True):
         common["embedding_size"] = 16  # embeddings projected up to hidden_size
     if model_type in ("roberta", "xlm-roberta"):  # as released: one token type; positions count from pad + 1
         common.update(type_vocab_size=1, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if model_type == "modernbert":  # global attention every other layer, the others within 2 tokens either side
+        common.update(global_attn_every_n_layers=2, local_attention=4, cls_token_id=tokenizer.cls_token_id,
+                      sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                      eos_token_id=tokenizer.sep_token_id)
+        dropouts = dict(embedding_dropout=0.0, attention_dropout=0.0, mlp_dropout=0.0, classifier_dropout=0.0)
+    if model_type == "deberta-v2":  # DeBERTa-v3's settings: relative positions only (bucketed), no token types
+        common.update(DEBERTA_V3)
+        dropouts = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pooler_dropout=0.0)
     if not dropout:
         common.update(dropouts)
     torch.manual_seed(0)
     model = AutoModel.from_config(AutoConfig.for_model(model_type, **common))
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    if model_type != "deberta-v2":  # its spm.model and tokenizer_config.json are saved already, as released
+        tokenizer.save_pretrained(folder)
     return str(folder)
 
 

@@ -16,6 +16,7 @@ from test_modeling import plain_pooled
 from transformers import AutoTokenizer
 
 from pabee import BertForSequenceClassificationWithPabee
+from pabee.models import MODEL_CLASSES
 from pabee.attack import (
     EDIT_KINDS,
     AttackConfig,
@@ -215,6 +216,22 @@ def test_attack_command_errors_need_no_traceback(slowed_model, tmp_path):
         main(["--model", str(folder), "--max_exit_layer", "9", "a film"])
     with pytest.raises(SystemExit, match="unknown label"):
         main(["--model", str(folder), "--file", str(_write(tmp_path / "bad.txt", "a film\tmaybe\n"))])
+
+
+@pytest.mark.parametrize("family", ["modernbert", "deberta-v2"])
+def test_attack_command_on_the_newer_families_reads_their_exits(family, tmp_path, capsys):
+    """The search's exit layers are the model's own on each text alone, with the family's own tokenizer."""
+    folder = save_tiny_model(tmp_path / family, family)
+    model = MODEL_CLASSES[family].from_pretrained(folder, num_labels=2, patience=1, exit_pooling="mean").eval()
+    model.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    results = main(["--model", folder, "--goal", "slowdown", "--query_budget", "6", *REVIEWS[:3]])
+    assert len(capsys.readouterr().out.splitlines()) == 3 * len(REVIEWS[:3])
+    with torch.no_grad():
+        for result in results:
+            for text, exit_layer in ((result.text, result.clean_exit_layer),
+                                     (result.adversarial, result.attacked_exit_layer)):
+                assert int(model(**tokenizer(text, return_tensors="pt")).exit_layers[0]) == exit_layer, text
 
 
 def _write(path, text):

@@ -9,7 +9,8 @@ import torch
 
 from test_modeling import NUM_LABELS, make_batch, make_model
 
-FAMILY_VARIANTS = ["bert", "albert", "roberta", "xlm_roberta", "distilbert", "electra"]
+# DeBERTa with its convolution after layer 1, which mixes each token with its neighbours, padding included
+FAMILY_VARIANTS = ["bert", "albert", "roberta", "xlm_roberta", "distilbert", "electra", "modernbert", "deberta_v2"]
 LENGTHS = [12, 3, 7, 1, 9, 5]
 
 

@@ -25,12 +25,18 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertModel,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
+    DebertaV2Model,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     DistilBertModel,
     ElectraConfig,
     ElectraForSequenceClassification,
     ElectraModel,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
+    ModernBertModel,
     RobertaConfig,
     RobertaForSequenceClassification,
     RobertaModel,
@@ -42,8 +48,10 @@ from transformers import (
 from pabee import (
     AlbertForSequenceClassificationWithPabee,
     BertForSequenceClassificationWithPabee,
+    DebertaV2ForSequenceClassificationWithPabee,
     DistilBertForSequenceClassificationWithPabee,
     ElectraForSequenceClassificationWithPabee,
+    ModernBertForSequenceClassificationWithPabee,
     RobertaForSequenceClassificationWithPabee,
     XLMRobertaForSequenceClassificationWithPabee,
 )
@@ -75,10 +83,25 @@ VARIANTS = {
     "distilbert": ("distilbert", dict(num_hidden_layers=5)),
     "electra": ("electra", dict(embedding_size=16, num_hidden_layers=4)),  # embeddings projected up to hidden_size
     "electra_unprojected": ("electra", dict(embedding_size=32, num_hidden_layers=3)),  # no projection
+    # ModernBERT: global attention in layers 1 and 3, the others within 2 tokens either side, shorter than the inputs
+    "modernbert": ("modernbert", dict(num_hidden_layers=4, global_attn_every_n_layers=2, local_attention=4)),
+    # its classification head over the mean of the tokens; eager attention (the default is sdpa)
+    "modernbert_mean_head": ("modernbert", dict(num_hidden_layers=3, global_attn_every_n_layers=2, local_attention=4,
+                                                classifier_pooling="mean", attn_implementation="eager")),
+    # DeBERTa-v3 as released: relative positions only, in log buckets beyond 4 tokens; no token types
+    "deberta_v3": ("deberta-v2", dict(num_hidden_layers=4, relative_attention=True, position_buckets=8,
+                                      norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"],
+                                      position_biased_input=False, type_vocab_size=0)),
+    # DeBERTa-v2 with absolute and relative positions (own projections, unbucketed), the convolution after layer 1 and
+    # token types
+    "deberta_v2": ("deberta-v2", dict(num_hidden_layers=3, relative_attention=True, share_att_key=False,
+                                      pos_att_type=["p2c", "c2p"], conv_kernel_size=3)),
 }
 NEW_FAMILY_VARIANTS = ["roberta", "xlm_roberta", "distilbert", "electra"]
-MAIN_VARIANTS = ["bert", "albert", "albert_groups2", "albert_inner2"] + NEW_FAMILY_VARIANTS
-ONE_PER_FAMILY = ["bert", "albert"] + NEW_FAMILY_VARIANTS
+# ModernBERT and DeBERTa: the module their exits read by "pooler" is the head of transformers' classifier
+HEAD_FAMILY_VARIANTS = ["modernbert", "deberta_v3"]
+MAIN_VARIANTS = ["bert", "albert", "albert_groups2", "albert_inner2"] + NEW_FAMILY_VARIANTS + HEAD_FAMILY_VARIANTS
+ONE_PER_FAMILY = ["bert", "albert"] + NEW_FAMILY_VARIANTS + HEAD_FAMILY_VARIANTS
 FAMILIES = {
     "bert": (BertConfig, BertModel, BertForSequenceClassification, BertForSequenceClassificationWithPabee),
     "albert": (AlbertConfig, AlbertModel, AlbertForSequenceClassification, AlbertForSequenceClassificationWithPabee),
@@ -90,9 +113,24 @@ FAMILIES = {
                    DistilBertForSequenceClassificationWithPabee),
     "electra": (ElectraConfig, ElectraModel, ElectraForSequenceClassification,
                 ElectraForSequenceClassificationWithPabee),
+    "modernbert": (ModernBertConfig, ModernBertModel, ModernBertForSequenceClassification,
+                   ModernBertForSequenceClassificationWithPabee),
+    "deberta-v2": (DebertaV2Config, DebertaV2Model, DebertaV2ForSequenceClassification,
+                   DebertaV2ForSequenceClassificationWithPabee),
 }
 # Families pre-trained without a pooler: the PABEE backbone adds one (dense + this activation over the first token).
 ADDED_POOLER_ACTIVATIONS = {"distilbert": torch.relu, "electra": nn.functional.gelu}
+# The weights of the pooler that the PABEE backbone adds (with "pooler" pooling) where transformers' backbone has none:
+# DistilBERT's and ELECTRA's, new; ModernBERT's head (without biases, as released) and DeBERTa's ContextPooler, which
+# transformers' classifiers of the family hold as `head` and `pooler`
+ADDED_POOLER_KEYS = {
+    "distilbert": {"distilbert.pooler.dense.weight", "distilbert.pooler.dense.bias"},
+    "electra": {"electra.pooler.dense.weight", "electra.pooler.dense.bias"},
+    "modernbert": {"model.head.dense.weight", "model.head.norm.weight"},
+    "deberta-v2": {"deberta.pooler.dense.weight", "deberta.pooler.dense.bias"},
+}
+# Where transformers' classifier of ModernBERT and DeBERTa holds the module their "pooler" exits read
+HEAD_NAMES = {"modernbert": "head", "deberta-v2": "pooler"}
 # Families whose plain transformers backbone takes add_pooling_layer
 HAS_POOLING_LAYER_ARGUMENT = {"bert", "albert", "roberta", "xlm-roberta"}
 NUM_LABELS = {"classification": 3, "regression": 1}
@@ -108,6 +146,9 @@ def make_config(variant, num_labels, **extra):
     if family == "distilbert":  # its own name for the feed-forward size (the others map through attribute_map)
         kwargs["hidden_dim"] = kwargs.pop("intermediate_size")
         del kwargs["type_vocab_size"]  # no token types
+    if family == "modernbert":  # no token types; its special tokens' ids within the vocabulary
+        del kwargs["type_vocab_size"]
+        kwargs.update(pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3)
     attn_implementation = kwargs.pop("attn_implementation", None)
     config = FAMILIES[family][0](**kwargs)
     if attn_implementation is not None:
@@ -129,15 +170,19 @@ def spread_classifiers(model, seed=0):
     Classifiers whose predictions depend on the example, so that examples exit at different layers. With the random
     init every example's pooled output is nearly the same vector and its tiny logits give every example the same exit
     layer. Here classifier i is a shared random direction plus its own noise (so layers tend to agree, but not
-    always), with a bias that centres its logits over the test batch.
+    always), with a bias that centres its logits over the test batch. ModernBERT's head ends in a layer norm, whose
+    outputs are about ten times those of the other poolers here: its classifiers are scaled down to match, so that the
+    same regression thresholds spread its exits too.
     """
     generator = torch.Generator().manual_seed(seed)
     num_labels, hidden_size = model.classifiers[0].weight.shape
+    layer_normed = model_family(model.config.model_type) == "modernbert" and model.config.exit_pooling == "pooler"
+    scale = 0.1 if layer_normed else 1.0
     shared = torch.randn(num_labels, hidden_size, generator=generator)
     input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     pooled = plain_pooled(model, input_ids, attention_mask, token_type_ids)  # (batch, L, hidden)
     for i, classifier in enumerate(model.classifiers):
-        weight = shared + 0.7 * torch.randn(num_labels, hidden_size, generator=generator)
+        weight = scale * (shared + 0.7 * torch.randn(num_labels, hidden_size, generator=generator))
         classifier.weight.copy_(weight)
         classifier.bias.copy_(-(pooled[:, i] @ weight.T).mean(0))
 
@@ -152,10 +197,11 @@ def plain_backbone(model):
         backbone = backbone_class(copy.deepcopy(model.config))
     missing, unexpected = backbone.load_state_dict(model.base_model.state_dict(), strict=False)
     pooler_keys = {"pooler.dense.weight", "pooler.dense.bias"}
-    # RoBERTa's "mean" models have no pooler; DistilBERT and ELECTRA have one only with "pooler", of their own.
+    # RoBERTa's "mean" models have no pooler; DistilBERT, ELECTRA, ModernBERT and DeBERTa have one only with
+    # "pooler", which their transformers backbone has not.
     assert set(missing) <= (pooler_keys if family in ("roberta", "xlm-roberta") else set())
-    assert set(unexpected) == (pooler_keys if family in ADDED_POOLER_ACTIVATIONS and model.base_model.pooler
-                               else set())
+    added = {key.split(".", 1)[1] for key in ADDED_POOLER_KEYS.get(family, ())}  # without the prefix
+    assert set(unexpected) == (added if model.config.exit_pooling == "pooler" else set())
     return backbone.eval()
 
 
@@ -171,6 +217,13 @@ def plain_pool(model, backbone, hidden_states, attention_mask, exit_pooling):
     if family in ADDED_POOLER_ACTIVATIONS:
         dense = model.base_model.pooler.dense
         return ADDED_POOLER_ACTIVATIONS[family](hidden_states[:, 0] @ dense.weight.T + dense.bias)
+    if family == "modernbert":  # ModernBertForSequenceClassification's pooling, then its head
+        if model.config.classifier_pooling == "mean":
+            weights = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+            return model.base_model.head((hidden_states * weights).sum(1) / weights.sum(1))
+        return model.base_model.head(hidden_states[:, 0])
+    if family == "deberta-v2":
+        return model.base_model.pooler(hidden_states)  # ContextPooler: dense + GELU over token 0
     if family == "albert":
         return backbone.pooler_activation(backbone.pooler(hidden_states[:, 0]))
     return backbone.pooler(hidden_states)  # BERT, RoBERTa: dense + tanh over token 0
@@ -199,6 +252,8 @@ def plain_pooled(model, input_ids, attention_mask=None, token_type_ids=None):
     assert len(out.hidden_states) == 1 + num_layers * per_layer
     assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
     layer_hidden_states = [out.hidden_states[per_layer * (i + 1)] for i in range(num_layers)]
+    if model_family(model.config.model_type) == "modernbert":  # every exit reads through the final norm
+        layer_hidden_states = [backbone.final_norm(h) for h in layer_hidden_states[:-1]] + [out.last_hidden_state]
     pooled = [plain_pool(model, backbone, h, attention_mask, model.config.exit_pooling) for h in layer_hidden_states]
     return torch.stack(pooled, dim=1)
 
@@ -283,7 +338,8 @@ def example_inputs(input_ids, attention_mask, token_type_ids, b):
 @pytest.mark.parametrize(
     "variant, exit_pooling",
     [(v, "pooler") for v in VARIANTS]
-    + [(v, "mean") for v in ["bert", "albert_groups2", "albert_inner2", "xlm_roberta", "distilbert", "electra"]],
+    + [(v, "mean") for v in ["bert", "albert_groups2", "albert_inner2", "xlm_roberta", "distilbert", "electra",
+                             "modernbert"]],
 )
 @torch.no_grad()
 def test_batched_early_exit_equals_one_example_at_a_time(variant, exit_pooling, task):
@@ -324,9 +380,8 @@ def test_retired_examples_are_not_computed_further(variant, task):
     num_layers = model.config.num_hidden_layers
     input_ids, attention_mask, token_type_ids = make_batch(pad_to=max(LENGTHS) + 4, config=model.config)
     lengths = torch.tensor(LENGTHS)
-    base = model.base_model
-    encoder = base.transformer if hasattr(base, "transformer") else base.encoder  # DistilBERT: transformer
-    layers = encoder.layer if hasattr(encoder, "layer") else encoder.albert_layer_groups
+    layers = {"albert": "encoder.albert_layer_groups", "distilbert": "transformer.layer", "modernbert": "layers"}
+    layers = model.base_model.get_submodule(layers.get(model_family(model.config.model_type), "encoder.layer"))
     calls, classifier_calls = [], []
     # (batch, seq) of each layer's input, in call order (an ALBERT group is called once per layer it serves)
     record = lambda module, args: calls.append(tuple(args[0].shape[:2]))  # noqa: E731
@@ -389,7 +444,8 @@ def test_batch_without_attention_mask(variant):
 @pytest.mark.parametrize("task", ["classification", "regression"])
 @pytest.mark.parametrize(
     "variant, exit_pooling",
-    [(v, "pooler") for v in MAIN_VARIANTS] + [(v, "mean") for v in ["bert", "albert", "xlm_roberta", "distilbert"]],
+    [(v, "pooler") for v in MAIN_VARIANTS + ["modernbert_mean_head", "deberta_v2"]]
+    + [(v, "mean") for v in ["bert", "albert", "xlm_roberta", "distilbert", "modernbert", "deberta_v3"]],
 )
 @torch.no_grad()
 def test_patience_zero_equals_plain_backbone_and_last_classifier(variant, exit_pooling, task):
@@ -399,7 +455,7 @@ def test_patience_zero_equals_plain_backbone_and_last_classifier(variant, exit_p
 
     backbone = plain_backbone(model)
     backbone_out = backbone(**plain_inputs(input_ids, attention_mask, token_type_ids))
-    if exit_pooling == "pooler" and model_family(model.config.model_type) not in ADDED_POOLER_ACTIVATIONS:
+    if exit_pooling == "pooler" and model_family(model.config.model_type) in HAS_POOLING_LAYER_ARGUMENT:
         pooled = backbone_out.pooler_output
     else:
         pooled = plain_pool(model, backbone, backbone_out.last_hidden_state, attention_mask, exit_pooling)
@@ -409,6 +465,41 @@ def test_patience_zero_equals_plain_backbone_and_last_classifier(variant, exit_p
     # the config default is patience 0 as well
     default = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
     torch.testing.assert_close(default.logits, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("variant", HEAD_FAMILY_VARIANTS + ["modernbert_mean_head", "deberta_v2"])
+@torch.no_grad()
+def test_patience_zero_equals_the_familys_transformers_classifier(variant, task, tmp_path):
+    """
+    ModernBERT's and DeBERTa's "pooler" exits read the head of transformers' own classifier of the family, so at
+    patience 0 the model is that classifier with the last exit's output layer. A saved transformers classifier loads
+    with its head; given its output layer as the last classifier, the model answers as it does.
+    """
+    family = VARIANTS[variant][0]
+    classification_class = FAMILIES[family][2]
+    model = make_model(variant, NUM_LABELS[task])
+    input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
+    inputs = plain_inputs(input_ids, attention_mask, token_type_ids)
+    prefix, head = PREFIXES[family], HEAD_NAMES[family]
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith(f"{prefix}.{head}."):  # transformers' classifier holds it beside the backbone
+            state[key.removeprefix(f"{prefix}.")] = value
+        elif not key.startswith("classifiers."):
+            state[key] = value
+    state.update({f"classifier.{name}": value for name, value in model.classifiers[-1].state_dict().items()})
+    plain = classification_class(copy.deepcopy(model.config)).eval()
+    plain.load_state_dict(state)  # every weight, none left over
+    expected = plain(**inputs).logits
+    torch.testing.assert_close(model(**inputs, patience=0).logits, expected, rtol=0, atol=1e-5)
+
+    plain.save_pretrained(tmp_path)
+    loaded, info = type(model).from_pretrained(tmp_path, output_loading_info=True)
+    assert {key.split(".")[0] for key in info["missing_keys"]} == {"classifiers"}  # the head is read
+    assert set(info["unexpected_keys"]) == {"classifier.weight", "classifier.bias"}
+    loaded.classifiers[-1].load_state_dict(plain.classifier.state_dict())
+    torch.testing.assert_close(loaded.eval()(**inputs).logits, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
@@ -564,7 +655,7 @@ def test_output_all_layer_logits(variant, task):
 # transformers' output_hidden_states, output_attentions and return_dict
 
 
-@pytest.mark.parametrize("variant", MAIN_VARIANTS + ["electra_unprojected"])
+@pytest.mark.parametrize("variant", MAIN_VARIANTS + ["electra_unprojected", "deberta_v2"])
 @torch.no_grad()
 def test_hidden_states_and_attentions_are_the_plain_backbones_and_answers_unchanged(variant):
     model = make_model(variant, 3, attn_implementation="eager")
@@ -669,6 +760,8 @@ def no_dropout(variant):
     family = VARIANTS[variant][0]
     if family == "distilbert":
         return dict(dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0)
+    if family == "modernbert":  # its dropouts are 0 unless set
+        return {}
     extra = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     if family == "albert":
         extra["classifier_dropout_prob"] = 0.0
@@ -795,17 +888,15 @@ def test_save_and_load_keeps_weights_and_pabee_settings(variant, tmp_path):
 
 # The prefix of the backbone's weights, as in transformers' own classes of each family
 PREFIXES = {"bert": "bert", "albert": "albert", "roberta": "roberta", "xlm-roberta": "roberta",
-            "distilbert": "distilbert", "electra": "electra"}
+            "distilbert": "distilbert", "electra": "electra", "modernbert": "model", "deberta-v2": "deberta"}
 
 
 def added_pooler_keys(family):
-    """The weights the PABEE backbone adds to a family pre-trained without a pooler."""
-    if family not in ADDED_POOLER_ACTIVATIONS:
-        return set()
-    return {f"{PREFIXES[family]}.pooler.dense.weight", f"{PREFIXES[family]}.pooler.dense.bias"}
+    """The weights the PABEE backbone adds where transformers' backbone of the family has no pooler."""
+    return ADDED_POOLER_KEYS.get(family, set())
 
 
-@pytest.mark.parametrize("variant", ["bert", "albert", "albert_groups2"] + NEW_FAMILY_VARIANTS)
+@pytest.mark.parametrize("variant", ["bert", "albert", "albert_groups2"] + NEW_FAMILY_VARIANTS + HEAD_FAMILY_VARIANTS)
 def test_state_dict_follows_reference_layout(variant, tmp_path):
     model = make_model(variant, 3)
     family, prefix = VARIANTS[variant][0], PREFIXES[VARIANTS[variant][0]]
@@ -817,7 +908,8 @@ def test_state_dict_follows_reference_layout(variant, tmp_path):
     assert keys == backbone_keys | classifier_keys
     for i in range(num_layers):
         assert model.classifiers[i].weight.shape == (3, 32)
-    pooler = f"{prefix}.pooler.weight" if family == "albert" else f"{prefix}.pooler.dense.weight"
+    pooler = "pooler.weight" if family == "albert" else f"{HEAD_NAMES.get(family, 'pooler')}.dense.weight"
+    pooler = f"{prefix}.{pooler}"
     assert pooler in keys  # one pooler, shared by every exit
     model.save_pretrained(tmp_path)
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
@@ -878,13 +970,19 @@ def test_from_pretrained_on_plain_checkpoint_loads_backbone_and_inits_classifier
     num_layers = config.num_hidden_layers
     # New: the classifiers, and a pooler where the checkpoint has none: DistilBERT and ELECTRA never have one;
     # RobertaForSequenceClassification has its own head instead (as the released RoBERTa checkpoints have no pooler).
-    new_keys = {f"classifiers.{i}.{p}" for i in range(num_layers) for p in ("weight", "bias")}
-    new_keys |= {f"{prefix}.{key}" for key in model.base_model.state_dict() if key not in plain_backbone_state}
+    # ModernBERT's and DeBERTa's are read from their transformers classifier, which holds them beside the backbone.
+    classifier_keys = {f"classifiers.{i}.{p}" for i in range(num_layers) for p in ("weight", "bias")}
+    beyond_backbone = {f"{prefix}.{key}" for key in model.base_model.state_dict() if key not in plain_backbone_state}
     expected_new_poolers = added_pooler_keys(family)
     if family in ("roberta", "xlm-roberta") and plain_class == "for_sequence_classification":
         expected_new_poolers = {f"{prefix}.pooler.dense.weight", f"{prefix}.pooler.dense.bias"}
-    assert new_keys - {k for k in new_keys if k.startswith("classifiers.")} == expected_new_poolers
-    assert set(info["missing_keys"]) == new_keys
+    assert beyond_backbone == expected_new_poolers
+    pooler = getattr(model.base_model, HEAD_NAMES.get(family, "pooler"))
+    if family in HEAD_NAMES and plain_class == "for_sequence_classification":
+        for key, value in getattr(plain, HEAD_NAMES[family]).state_dict().items():
+            assert torch.equal(pooler.state_dict()[key], value), key
+        expected_new_poolers = set()
+    assert set(info["missing_keys"]) == classifier_keys | expected_new_poolers
     assert (model.config.patience, model.config.regression_threshold, model.config.exit_pooling) == (0, 0.1, "pooler")
     state = model.base_model.state_dict()
     assert set(plain_backbone_state) <= set(state)
@@ -896,9 +994,9 @@ def test_from_pretrained_on_plain_checkpoint_loads_backbone_and_inits_classifier
     assert not torch.equal(model.classifiers[0].weight, model.classifiers[1].weight)
     for classifier in model.classifiers:
         assert torch.equal(classifier.bias, torch.zeros(3))
-    if expected_new_poolers:  # initialised like the classifiers
-        assert 0.005 < float(model.base_model.pooler.dense.weight.std()) < 0.1
-        assert torch.equal(model.base_model.pooler.dense.bias, torch.zeros(32))
+    if expected_new_poolers:  # initialised like the classifiers (ModernBERT's as its own head: std 0.02/sqrt(8))
+        assert 0.005 < float(pooler.dense.weight.std()) < 0.1
+        assert pooler.dense.bias is None or torch.equal(pooler.dense.bias, torch.zeros(32))
     input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=2)
     assert torch.isfinite(out.logits).all()
@@ -1200,7 +1298,7 @@ def test_last_layer_loss_weights_are_plain_fine_tuning():
 # What differs between the families
 
 
-@pytest.mark.parametrize("variant", NEW_FAMILY_VARIANTS)
+@pytest.mark.parametrize("variant", NEW_FAMILY_VARIANTS + HEAD_FAMILY_VARIANTS)
 @torch.no_grad()
 def test_mean_pooling_models_have_no_pooler(variant, tmp_path):
     """Where the pooler is not pretrained, a model whose classifiers do not read it does not carry it."""
@@ -1210,11 +1308,11 @@ def test_mean_pooling_models_have_no_pooler(variant, tmp_path):
     FAMILIES[family][1](make_config(variant, 3)).save_pretrained(tmp_path)
     model, info = FAMILIES[family][3].from_pretrained(tmp_path, exit_pooling="mean", output_loading_info=True)
     assert {key.split(".")[0] for key in info["missing_keys"]} == {"classifiers"}
-    assert not any(key.startswith(f"{prefix}.pooler.") for key in model.state_dict())
+    assert not any(key.startswith(f"{prefix}.{HEAD_NAMES.get(family, 'pooler')}.") for key in model.state_dict())
     input_ids, attention_mask, token_type_ids = make_batch(config=model.config)
     model.eval()(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=1)
     model.config.exit_pooling = "pooler"
-    with pytest.raises(ValueError, match="without a pooler: load it again with exit_pooling='pooler'"):
+    with pytest.raises(ValueError, match="without a (pooler|head): load it again with exit_pooling='pooler'"):
         model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
 
 
@@ -1223,6 +1321,27 @@ def test_distilbert_refuses_token_types():
     input_ids, attention_mask, _ = make_batch(config=model.config)
     with pytest.raises(ValueError, match="DistilBERT has no token type embeddings"):
         model(input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids))
+
+
+def test_modernbert_refuses_token_types_and_position_ids():
+    model = make_model("modernbert", 3)
+    input_ids, attention_mask, _ = make_batch(config=model.config)
+    with pytest.raises(ValueError, match="ModernBERT has no token type embeddings"):
+        model(input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids))
+    with pytest.raises(ValueError, match="leave position_ids out"):
+        model(input_ids, attention_mask=attention_mask, position_ids=torch.arange(input_ids.shape[1])[None])
+
+
+@torch.no_grad()
+def test_deberta_v3_takes_no_token_types_as_transformers_does():
+    """DeBERTa-v3 has none (type_vocab_size 0): token types given, as its tokenizer makes them, change nothing."""
+    model = make_model("deberta_v3", 3)
+    input_ids, attention_mask, _ = make_batch(config=model.config)
+    _, _, token_type_ids = make_batch()  # half of each example of type 1
+    assert token_type_ids.any()
+    without = model(input_ids, attention_mask=attention_mask, patience=1)
+    given = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, patience=1)
+    assert torch.equal(given.logits, without.logits) and torch.equal(given.exit_layers, without.exit_layers)
 
 
 @pytest.mark.parametrize(
@@ -1234,6 +1353,9 @@ def test_distilbert_refuses_token_types():
         ("roberta", dict(hidden_dropout_prob=0.3), 0.3),
         ("electra", dict(hidden_dropout_prob=0.3, classifier_dropout=0.2), 0.2),  # ElectraClassificationHead's
         ("distilbert", dict(dropout=0.3, seq_classif_dropout=0.2), 0.2),  # DistilBertForSequenceClassification's
+        ("modernbert", dict(mlp_dropout=0.3, classifier_dropout=0.2), 0.2),  # ModernBertForSequenceClassification's
+        ("deberta_v3", dict(hidden_dropout_prob=0.3, cls_dropout=0.2), 0.2),  # DebertaV2ForSequenceClassification's
+        ("deberta_v3", dict(hidden_dropout_prob=0.3), 0.3),
     ],
 )
 def test_classifier_dropout_is_the_familys_own(variant, settings, expected):

@@ -589,6 +589,8 @@ def test_overwrite_output_dir_starts_over(models, glue, trained, tmp_path, caplo
     ("xlm-roberta", False),  # read from the config
     ("distilbert", True),
     ("electra", False),
+    ("modernbert", True),
+    ("deberta-v2", False),  # DeBERTa-v3's settings and sentencepiece tokenizer
 ])
 def test_other_families_train_sweep_and_predict(models, glue, tmp_path, model_type, give_model_type):
     """MRPC (sentence pairs, so token types would differ from 0) trained, swept over patience and predicted."""
@@ -604,7 +606,7 @@ def test_other_families_train_sweep_and_predict(models, glue, tmp_path, model_ty
     pabee_class = run_glue_with_pabee.MODEL_CLASSES[model_type]
     model = pabee_class.from_pretrained(output_dir).eval()
     assert model.config.model_type == f"pabee_{model_type}" and model.config.num_labels == 2
-    prefix = {"xlm-roberta": "roberta"}.get(model_type, model_type)
+    prefix = {"xlm-roberta": "roberta", "modernbert": "model", "deberta-v2": "deberta"}.get(model_type, model_type)
     assert {key.split(".")[0] for key in load_file(output_dir / "model.safetensors")} == {prefix, "classifiers"}
     # Token types reach only the family that has them (ELECTRA); RoBERTa's and DistilBERT's features hold none.
     caches = list((output_dir / "cached_features").glob("cached_mrpc_train_*"))
@@ -957,7 +959,7 @@ def test_help_explains_patience_and_threshold(capsys):
     text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     assert "PATIENCE+1" in text and "0 runs every layer" in text
     assert "--regression_threshold" in text and "differ by less than" in text
-    assert "Backbone family: bert, albert, roberta, xlm-roberta, distilbert, electra." in text
+    assert "Backbone family: bert, albert, roberta, xlm-roberta, distilbert, electra, modernbert, deberta-v2." in text
     # Every flag of the reference script is there.
     for flag in ("data_dir", "model_type", "model_name_or_path", "task_name", "output_dir", "patience",
                  "regression_threshold", "config_name", "tokenizer_name", "cache_dir", "max_seq_length", "do_train",

@@ -25,6 +25,7 @@ import torch
 import transformers
 from fixtures_glue import VOCAB, run_main, save_tiny_model, write_glue_task
 from test_modeling import (
+    HEAD_FAMILY_VARIANTS,
     LENGTHS,
     NEW_FAMILY_VARIANTS,
     ONE_PER_FAMILY,
@@ -129,7 +130,7 @@ def test_plain_config_is_taken_over_with_every_setting(variant):
 
 
 @pytest.mark.parametrize("exit_pooling", ["pooler", "mean"])
-@pytest.mark.parametrize("variant", ["bert", "albert_groups2"] + NEW_FAMILY_VARIANTS)
+@pytest.mark.parametrize("variant", ["bert", "albert_groups2"] + NEW_FAMILY_VARIANTS + HEAD_FAMILY_VARIANTS)
 @torch.no_grad()
 def test_auto_model_with_trust_remote_code_answers_as_the_original_class(variant, exit_pooling, tmp_path,
                                                                         without_pabee_registered):
@@ -194,21 +195,41 @@ def run_python(code, **kwargs):
 
 
 def test_without_import_pabee_auto_classes_run_the_folders_code(tmp_path):
-    make_model("bert", 3).save_pretrained(tmp_path)
+    """In a fresh process: each folder's own family file and shared module, as transformers copies them along."""
+    expected = {}
+    for variant in ("bert", "modernbert", "deberta_v2"):  # DeBERTa with its convolution after layer 1
+        model = make_model(variant, 3, patience=1)
+        model.save_pretrained(tmp_path / variant)
+        inputs = inputs_of(make_batch(config=model.config))
+        torch.save(inputs, tmp_path / variant / "inputs.pt")
+        with torch.no_grad():
+            expected[variant] = type(model).__name__, model(**inputs)
     code = f"""
-import transformers
+import json
+import sys
+import torch
 from transformers import AutoModelForSequenceClassification
-try:
-    AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r})
-except ValueError as error:
-    print("refused:", "trust_remote_code=True" in str(error))
-model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
-print("class:", type(model).__module__.split(".")[0], type(model).__name__)
+for variant in {list(expected)!r}:
+    folder = {str(tmp_path)!r} + "/" + variant
+    try:
+        AutoModelForSequenceClassification.from_pretrained(folder)
+    except ValueError as error:
+        print(variant, "refused:", "trust_remote_code=True" in str(error))
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    print(variant, "class:", type(model).__module__.split(".")[0], type(model).__name__)
+    with torch.no_grad():
+        output = model(**torch.load(folder + "/inputs.pt"))
+    print(variant, "answers:", json.dumps([output.exit_layers.tolist(), output.logits.tolist()]))
+print("pabee imported:", any(name.split(".")[0] == "pabee" for name in sys.modules))
 """
     status, output = run_python(code, stdin=subprocess.DEVNULL)  # no answer to a prompt: transformers refuses
     assert status == 0, output
-    assert "refused: True" in output
-    assert "class: transformers_modules BertForSequenceClassificationWithPabee" in output
+    assert "pabee imported: False" in output
+    for variant, (class_name, expected_output) in expected.items():
+        assert f"{variant} refused: True" in output and f"{variant} class: transformers_modules {class_name}" in output
+        exit_layers, logits = json.loads(output.split(f"{variant} answers: ")[1].splitlines()[0])
+        assert exit_layers == expected_output.exit_layers.tolist()
+        torch.testing.assert_close(torch.tensor(logits), expected_output.logits, rtol=0, atol=1e-5)
 
 
 @torch.no_grad()
@@ -425,9 +446,12 @@ def test_classify_prints_the_answers_of_each_text_alone_at_any_batch_size(traine
     assert batched[1].split("\t")[2] == f"{expected[0][2]}/6"  # out of the model's 6 layers
 
 
-@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra", "modernbert", "deberta-v2"])
 def test_classify_other_families_batched_as_one_at_a_time(family, tmp_path, capsys):
-    """Their tokenizers give no token types (RoBERTa, DistilBERT) or other special tokens; positions start later."""
+    """
+    Their tokenizers give no token types (RoBERTa, DistilBERT, ModernBERT) or other special tokens, positions start
+    later (RoBERTa), or the tokenizer is a sentencepiece model (DeBERTa-v3's).
+    """
     folder = save_tiny_model(tmp_path / family, family)
     model = MODEL_CLASSES[family].from_pretrained(folder, num_labels=2, patience=1, exit_pooling="mean").eval()
     model.save_pretrained(folder)
@@ -441,6 +465,9 @@ def test_classify_other_families_batched_as_one_at_a_time(family, tmp_path, caps
             probabilities = output.logits[0].softmax(-1)
             assert (label, exit_layer) == (str(int(probabilities.argmax())), int(output.exit_layers[0]))
             assert probability == pytest.approx(float(probabilities.max()), abs=5e-4)
+    # transformers' pipeline, on the folder as saved, gives the same classes
+    answers = pipeline("text-classification", model=folder)(TEXTS)
+    assert [model.config.label2id[answer["label"]] for answer in answers] == [int(row[0]) for row in printed(batched)]
 
 
 def test_classify_patience_overrides_the_saved_one(trained_folder, capsys):

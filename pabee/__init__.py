@@ -1,4 +1,5 @@
-"""Patience-based Early Exit (PABEE) for BERT, ALBERT, RoBERTa, XLM-RoBERTa, DistilBERT and ELECTRA classification.
+"""Patience-based Early Exit (PABEE) for sequence classification with BERT, ALBERT, RoBERTa, XLM-RoBERTa, DistilBERT,
+ELECTRA, ModernBERT and DeBERTa-v2/v3 (one line each in pabee/families.py).
 
 Importing pabee (or pabee.models, which every module that loads a torch model imports) registers the PABEE configs
 and classifiers with transformers' Auto classes, so that in this process a saved PABEE folder loads without
@@ -11,51 +12,20 @@ without it.
 
 `python -m pabee.<command>` runs this file first, while Python locates the command (sys.argv[0] is then "-m"), and so
 does each worker process the command starts with multiprocessing's "spawn" (sys.argv[0] is then the command's file
-in this package). There it imports nothing: each command imports what it needs, so that `python -m pabee.classify` on an exported folder
-starts without torch or transformers, and the commands that load a torch model register the classes through
-pabee.models. The classes below are then imported on first use.
+in this package). There it imports nothing: each command imports what it needs, so that `python -m pabee.classify` on
+an exported folder starts without torch or transformers, and the commands that load a torch model register the
+classes through pabee.models. The classes are then imported on first use.
 """
 
 import importlib
 import os
 import sys
 
+from .families import FAMILIES, public_names
+
 # Each public name, by the module that defines it
-_EXPORTS = {
-    "modeling_pabee_albert": ["AlbertForSequenceClassificationWithPabee", "AlbertModelWithPabee", "PabeeAlbertConfig"],
-    "modeling_pabee": ["PabeeSequenceClassifierOutput"],
-    "modeling_pabee_bert": ["BertForSequenceClassificationWithPabee", "BertModelWithPabee", "PabeeBertConfig"],
-    "modeling_pabee_deberta_v2": [
-        "DebertaV2ForSequenceClassificationWithPabee",
-        "DebertaV2ModelWithPabee",
-        "PabeeDebertaV2Config",
-    ],
-    "modeling_pabee_distilbert": [
-        "DistilBertForSequenceClassificationWithPabee",
-        "DistilBertModelWithPabee",
-        "PabeeDistilBertConfig",
-    ],
-    "modeling_pabee_electra": [
-        "ElectraForSequenceClassificationWithPabee",
-        "ElectraModelWithPabee",
-        "PabeeElectraConfig",
-    ],
-    "modeling_pabee_modernbert": [
-        "ModernBertForSequenceClassificationWithPabee",
-        "ModernBertModelWithPabee",
-        "PabeeModernBertConfig",
-    ],
-    "modeling_pabee_roberta": [
-        "PabeeRobertaConfig",
-        "RobertaForSequenceClassificationWithPabee",
-        "RobertaModelWithPabee",
-    ],
-    "modeling_pabee_xlm_roberta": [
-        "PabeeXLMRobertaConfig",
-        "XLMRobertaForSequenceClassificationWithPabee",
-        "XLMRobertaModelWithPabee",
-    ],
-}
+_EXPORTS = {module: public_names(prefix) for module, prefix in FAMILIES.values()}
+_EXPORTS["modeling_pabee"] = ["PabeeSequenceClassifierOutput"]
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)
 

@@ -11,29 +11,17 @@ a plain BERT. Both load into the same class, and the family (the backbone's mode
 Importing this module registers every class of MODEL_CLASSES with transformers' Auto classes (see pabee/__init__.py).
 """
 
+import importlib
 import os
 
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedConfig
 
-from .modeling_pabee_albert import AlbertForSequenceClassificationWithPabee
-from .modeling_pabee_bert import BertForSequenceClassificationWithPabee
-from .modeling_pabee_deberta_v2 import DebertaV2ForSequenceClassificationWithPabee
-from .modeling_pabee_distilbert import DistilBertForSequenceClassificationWithPabee
-from .modeling_pabee_electra import ElectraForSequenceClassificationWithPabee
-from .modeling_pabee_modernbert import ModernBertForSequenceClassificationWithPabee
-from .modeling_pabee_roberta import RobertaForSequenceClassificationWithPabee
-from .modeling_pabee_xlm_roberta import XLMRobertaForSequenceClassificationWithPabee
+from .families import FAMILIES, classifier_name
 
 # Keyed by the backbone's model_type
 MODEL_CLASSES = {
-    "bert": BertForSequenceClassificationWithPabee,
-    "albert": AlbertForSequenceClassificationWithPabee,
-    "roberta": RobertaForSequenceClassificationWithPabee,
-    "xlm-roberta": XLMRobertaForSequenceClassificationWithPabee,
-    "distilbert": DistilBertForSequenceClassificationWithPabee,
-    "electra": ElectraForSequenceClassificationWithPabee,
-    "modernbert": ModernBertForSequenceClassificationWithPabee,
-    "deberta-v2": DebertaV2ForSequenceClassificationWithPabee,  # DeBERTa-v3 too
+    family: getattr(importlib.import_module(f".{module}", __package__), classifier_name(prefix))
+    for family, (module, prefix) in FAMILIES.items()
 }
 
 for _model_class in MODEL_CLASSES.values():

@@ -355,6 +355,8 @@ def attack(victim, texts, model_kwargs, config, labels=None, description="Attack
 
 
 def parse_args(argv=None):
+    from .classify import add_exit_flags
+
     parser = argparse.ArgumentParser(prog="python -m pabee.attack", description=__doc__.split("\n\n")[0])
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line
     parser.add_argument("texts", nargs="*",
@@ -367,24 +369,7 @@ def parse_args(argv=None):
                         help="misclassification: change the answer; slowdown: raise the exit layer (WAFFLE's "
                              "uncertainty score breaks ties); slowdown-patience: the same with SAME's "
                              "patience-breaking term as the tie-break.")
-    parser.add_argument("--patience", type=int, default=None,
-                        help="Patience of the exit setting attacked (0: every layer). The exit rule is --patience, "
-                             "--exit_criterion, --exit_threshold and --exit_confidence together: any of them given "
-                             "make the whole rule, the others taking their defaults (patience 0, criterion patience, "
-                             "no threshold, gate 0), never the saved values. Default: with none of them, the rule "
-                             "saved with the model (standard error says which).")
-    parser.add_argument("--exit_confidence", type=float, default=None,
-                        help="Confidence gate on the patience counter (0: plain PABEE). Goes with --patience.")
-    parser.add_argument("--exit_criterion", choices=("patience", "entropy", "confidence"), default=None,
-                        help="Exit rule attacked: patience, or entropy or confidence with --exit_threshold.")
-    parser.add_argument("--exit_threshold", type=float, default=None,
-                        help="Threshold of --exit_criterion entropy (nats) or confidence (probability); needs "
-                             "--exit_criterion.")
-    parser.add_argument("--max_exit_layer", type=int, default=None,
-                        help="Slowdown defence of the setting attacked: a cap on depth. Default: the model's own.")
-    parser.add_argument("--slowdown_guard", type=float, default=None,
-                        help="Slowdown defence of the setting attacked: the uncertainty guard, in [0, 1]. Default: "
-                             "the model's own.")
+    add_exit_flags(parser)  # the exit setting attacked
     parser.add_argument("--query_budget", type=int, default=40,
                         help="Texts the model may be asked about per input, the clean one and the word ranking's "
                              "included.")

@@ -302,20 +302,11 @@ def first_line(error):
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pabee.classify", description=__doc__.split("\n\n")[0])
-    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, without the usage
-    parser.add_argument("texts", nargs="*",
-                        help="Texts to classify; a sentence pair is two texts joined by a tab. Default: the lines "
-                             "of --file, else of standard input.")
-    parser.add_argument("--model", required=True,
-                        help="Folder of a trained PABEE model, as run_glue_with_pabee.py saves it (e.g. output/demo), "
-                             "or a folder that python -m pabee.export wrote from one (runs on onnxruntime).")
-    parser.add_argument("--int8", action="store_true",
-                        help="Run the model quantized to int8 (torch dynamic quantization, on the CPU). An exported "
-                             "folder is int8 when it was exported with --int8.")
-    parser.add_argument("--file", default=None,
-                        help="Read the inputs from this file: one text, or two tab-separated texts, per line.")
+def add_exit_flags(parser, regression_threshold=False):
+    """
+    The exit flags that pabee.classify, pabee.attack and pabee.serve share, on `parser` (or an argument group), with
+    `--regression_threshold` too where asked. Each defaults to None: not given.
+    """
     parser.add_argument("--patience", type=int, default=None,
                         help="Patience of the early exit (0: every layer). The exit rule is --patience, "
                              "--exit_criterion, --exit_threshold and --exit_confidence together: any of them given "
@@ -341,7 +332,28 @@ def parse_args(argv=None):
                         help="Slowdown defence: a threshold in [0, 1] on the running uncertainty score of the layers "
                              "run so far; an input whose score passes it is held to --max_exit_layer, or exits at "
                              "once with no cap. Classification only. Default: the one saved with the model (usually "
-                             "none).")
+                             "none; 1 lifts a saved one).")
+    if regression_threshold:
+        parser.add_argument("--regression_threshold", type=float, default=None,
+                            help="Regression: two layers' scores closer than this count as the same prediction. "
+                                 "Default: the one saved with the model.")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pabee.classify", description=__doc__.split("\n\n")[0])
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, without the usage
+    parser.add_argument("texts", nargs="*",
+                        help="Texts to classify; a sentence pair is two texts joined by a tab. Default: the lines "
+                             "of --file, else of standard input.")
+    parser.add_argument("--model", required=True,
+                        help="Folder of a trained PABEE model, as run_glue_with_pabee.py saves it (e.g. output/demo), "
+                             "or a folder that python -m pabee.export wrote from one (runs on onnxruntime).")
+    parser.add_argument("--int8", action="store_true",
+                        help="Run the model quantized to int8 (torch dynamic quantization, on the CPU). An exported "
+                             "folder is int8 when it was exported with --int8.")
+    parser.add_argument("--file", default=None,
+                        help="Read the inputs from this file: one text, or two tab-separated texts, per line.")
+    add_exit_flags(parser)
     parser.add_argument("--batch_size", type=int, default=32,
                         help="Inputs run together; the answers are the same at any batch size.")
     parser.add_argument("--max_seq_length", type=int, default=None,

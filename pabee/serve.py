@@ -51,6 +51,7 @@ from .calibration import CALIBRATION_FILE
 from .classify import (
     EXPORTED_SETTINGS_FILE,
     InputError,
+    add_exit_flags,
     check_input_kind,
     classify,
     first_line,
@@ -694,21 +695,9 @@ def parse_args(argv=None):
         "Giving any of --patience, --exit_criterion, --exit_threshold, --exit_confidence gives a whole exit rule (the "
         "others at their defaults: patience 0, criterion patience, no threshold, confidence 0); with none of them the "
         "saved rule runs. --max_exit_layer, --slowdown_guard and --regression_threshold keep their saved values "
-        "unless given.")
-    exits.add_argument("--patience", type=int, default=None, help="Patience of the early exit (0: every layer).")
-    exits.add_argument("--exit_criterion", choices=("patience", "entropy", "confidence"), default=None,
-                       help="Exit rule: patience (PABEE), entropy below --exit_threshold, or top-class probability "
-                            "above it.")
-    exits.add_argument("--exit_threshold", type=float, default=None,
-                       help="Threshold of --exit_criterion entropy (nats) or confidence (probability).")
-    exits.add_argument("--exit_confidence", type=float, default=None,
-                       help="Confidence gate on the patience counter, in [0, 1] (0: plain PABEE).")
-    exits.add_argument("--max_exit_layer", type=int, default=None,
-                       help="A depth cap on every input (a fixed defence; the stream defence's cap is --defence_cap).")
-    exits.add_argument("--slowdown_guard", type=float, default=None,
-                       help="The uncertainty guard of the torch model, in [0, 1] (1 lifts a saved one).")
-    exits.add_argument("--regression_threshold", type=float, default=None,
-                       help="Regression: two layers' scores closer than this count as the same.")
+        "unless given. --max_exit_layer caps every input (a fixed defence; the stream defence's cap is "
+        "--defence_cap).")
+    add_exit_flags(exits, regression_threshold=True)
 
     serving = parser.add_argument_group("batching and limits")
     serving.add_argument("--max_batch_size", type=int, default=32,
